@@ -1,0 +1,53 @@
+# The two commands: `make serve` and `make test`. Everything else supports them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: serve test lab install sync-check lint clean
+
+# Create the virtualenv and install the project with its development tools, once per pyproject change.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve the API on http://127.0.0.1:8000 with two SQLite databases under ./data/
+serve: $(STAMP)
+	$(BIN)/backend-ref sync-articles nbs
+	$(BIN)/backend-ref serve
+
+## Everything: package in sync with the notebooks, lint, notebooks and tests in one pytest run
+test: $(STAMP) sync-check lint
+	$(BIN)/pytest
+
+# The package must be exactly what the notebooks export. Compare the tree before and after
+# nbdev-clean + nbdev-export; any change means a notebook was edited without re-exporting
+# (or backend_ref/ was edited by hand).
+sync-check: $(STAMP)
+	@if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		echo "sync-check: not a git checkout, skipped"; exit 0; fi; \
+	before="$$(git status --porcelain --untracked-files=all; git diff)"; \
+	$(BIN)/nbdev-clean && $(BIN)/nbdev-export || exit 1; \
+	after="$$(git status --porcelain --untracked-files=all; git diff)"; \
+	if [ "$$before" != "$$after" ]; then \
+		echo "sync-check: nbdev-clean/nbdev-export changed the tree:"; git status --short; \
+		echo "backend_ref/ was out of sync with nbs/ (it is re-exported now: review and commit)."; \
+		exit 1; fi; \
+	echo "sync-check: backend_ref/ matches the notebooks"
+
+lint: $(STAMP)
+	$(BIN)/ruff check backend_ref tests nbs
+	$(BIN)/ruff format --check tests nbs  # backend_ref/ is laid out by nbdev-export from nbs/
+
+## Open the notebooks in JupyterLab (installs the optional `lab` extra)
+lab: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,lab]"
+	$(BIN)/jupyter lab nbs
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,240 @@
+"""Registration, login and /users/me through the real app, on every configured backend."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import jwt
+import pytest
+from conftest import login, register
+
+from backend_ref.databases import User
+
+PASSWORD = "pw-ann-12345"
+
+
+async def test_register_login_me(client):
+    user = await register(client)
+    assert set(user) == {"id", "email", "display_name", "bio", "is_active", "created_at"}
+    headers = await login(client, email="ANN@example.com")
+    r = await client.get("/api/users/me", headers=headers)
+    assert r.status_code == 200 and r.json() == user
+
+
+async def test_twenty_simultaneous_registrations_of_one_email_make_one_account(client, ctx):
+    emails = [
+        "".join(c.upper() if (i >> j) & 1 else c for j, c in enumerate("race")) + "@Example.com"
+        for i in range(16)
+    ] + ["RACE@EXAMPLE.COM", "race@example.com", "Race@example.com", "rAcE@example.COM"]
+    assert len(emails) == 20
+    bodies = [{"email": e, "display_name": "Racer", "password": PASSWORD} for e in emails]
+    answers = await asyncio.gather(*(client.post("/api/auth/register", json=b) for b in bodies))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [201] + [409] * 19, statuses
+    assert all(r.json()["error"] == "email_taken" for r in answers if r.status_code == 409)
+    with ctx:
+        assert await User.filter(email_key="race@example.com").count() == 1
+
+
+async def test_login_failures_are_identical_for_unknown_email_and_wrong_password(client):
+    await register(client)
+    wrong = await client.post(
+        "/api/auth/token", data={"username": "ann@example.com", "password": "wrong-pass"}
+    )
+    unknown = await client.post(
+        "/api/auth/token", data={"username": "zed@example.com", "password": "wrong-pass"}
+    )
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.content == unknown.content
+    assert dict(wrong.headers) == dict(unknown.headers)
+    assert wrong.headers["www-authenticate"] == "Bearer"
+
+
+async def test_a_disabled_account_cannot_log_in_or_use_its_token(client, ctx):
+    user = await register(client)
+    headers = await login(client)
+    with ctx:
+        await User.filter(id=user["id"]).update(is_active=False)
+    r = await client.get("/api/users/me", headers=headers)
+    assert r.status_code == 401
+    r = await client.post(
+        "/api/auth/token", data={"username": "ann@example.com", "password": PASSWORD}
+    )
+    assert (r.status_code, r.json()["error"]) == (401, "invalid_credentials")
+
+
+async def test_a_deleted_account_token_is_refused(client, ctx):
+    user = await register(client)
+    headers = await login(client)
+    with ctx:
+        await User.filter(id=user["id"]).delete()
+    r = await client.get("/api/users/me", headers=headers)
+    assert (r.status_code, r.headers["www-authenticate"]) == (401, "Bearer")
+
+
+def forged(settings, **claims):
+    now = datetime.now(UTC)
+    base = {"sub": "1", "iat": now, "exp": now + timedelta(minutes=5), "typ": "access"}
+    secret = settings.jwt_secret.get_secret_value()
+    return {
+        "alg none": jwt.encode({**base, **claims}, None, algorithm="none"),
+        "HS512": jwt.encode({**base, **claims}, secret, algorithm="HS512"),
+        "wrong key": jwt.encode({**base, **claims}, "x" * 40, algorithm="HS256"),
+        "expired": jwt.encode(
+            {**base, **claims, "exp": now - timedelta(seconds=1)}, secret, algorithm="HS256"
+        ),
+        "not an access token": jwt.encode(
+            {**base, **claims, "typ": "refresh"}, secret, algorithm="HS256"
+        ),
+        "sub not a number": jwt.encode(
+            {**base, **claims, "sub": "admin"}, secret, algorithm="HS256"
+        ),
+        "sub out of range": jwt.encode(
+            {**base, **claims, "sub": str(2**40)}, secret, algorithm="HS256"
+        ),
+        "no exp": jwt.encode(
+            {k: v for k, v in {**base, **claims}.items() if k != "exp"}, secret, algorithm="HS256"
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer",
+        "Bearer ",
+        "Bearer a.b.c",
+        "Basic YW5uOnB3",
+        "bearer \x7f",
+        "Token abc",
+        "Bearer " + "a" * 10000,
+    ],
+)
+async def test_garbage_in_the_authorization_header_is_401(client, authorization):
+    r = await client.get("/api/users/me", headers={"Authorization": authorization})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["error"] in {"not_authenticated", "invalid_token"}
+
+
+async def test_forged_and_wrong_tokens_are_401(client, settings):
+    user = await register(client)
+    for name, token in forged(settings, sub=str(user["id"])).items():
+        r = await client.get("/api/users/me", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401, name
+        assert r.headers["www-authenticate"] == "Bearer", name
+
+
+BAD_REGISTRATIONS = {
+    "email wrong type": ({"email": 5}, "email"),
+    "email invalid": ({"email": "no-at-sign"}, "email"),
+    "email too long": ({"email": "a" * 250 + "@example.com"}, "email"),
+    "name missing": ({"display_name": None}, "display_name"),
+    "name blank": ({"display_name": "   "}, "display_name"),
+    "name too long": ({"display_name": "n" * 51}, "display_name"),
+    "bio too long": ({"bio": "b" * 501}, "bio"),
+    "password too short": ({"password": "Sh0rt!"}, "password"),
+    "password too long": ({"password": "L0ng-" * 300}, "password"),
+    "password wrong type": ({"password": ["Secret-Pass-1"]}, "password"),
+    "unknown field": ({"is_active": False}, "is_active"),
+}
+
+
+@pytest.mark.parametrize("change,field", BAD_REGISTRATIONS.values(), ids=BAD_REGISTRATIONS.keys())
+async def test_bad_registrations_are_422_naming_the_field_and_write_nothing(
+    client, ctx, change, field
+):
+    body = {"email": "cy@example.com", "display_name": "Cy", "password": "Secret-Pass-1", **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    r = await client.post("/api/auth/register", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "validation_failed"
+    assert field in [f["field"] for f in r.json()["fields"]]
+    assert "Secret-Pass-1" not in r.text and "Sh0rt!" not in r.text and "L0ng-" not in r.text
+    with ctx:
+        assert await User.all().count() == 0
+
+
+@pytest.mark.parametrize(
+    "content,content_type",
+    [
+        (b'{"email": "cy@example.com", "password": "Secret-Pass-1"', "application/json"),
+        (b"\xff\xfe not json", "application/json"),
+        (b"email=cy@example.com&password=Secret-Pass-1", "application/x-www-form-urlencoded"),
+        (b"[]", "application/json"),
+    ],
+)
+async def test_malformed_bodies_are_4xx_json_without_echo(client, ctx, content, content_type):
+    r = await client.post(
+        "/api/auth/register", content=content, headers={"content-type": content_type}
+    )
+    assert 400 <= r.status_code < 500, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["fields"] and "Secret-Pass-1" not in r.text
+    with ctx:
+        assert await User.all().count() == 0
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"username": "ann@example.com"},
+        {"password": PASSWORD},
+        {"username": "ann@example.com", "password": "p" * 5000},
+        {"username": "x" * 5000, "password": PASSWORD},
+    ],
+)
+async def test_bad_login_forms_are_4xx_without_echo(client, form):
+    await register(client)
+    r = await client.post("/api/auth/token", data=form)
+    assert r.status_code in (401, 422), r.text
+    assert PASSWORD not in r.text and "p" * 5000 not in r.text
+
+
+async def test_update_me_validates_and_keeps_omitted_fields(client, ctx):
+    await register(client)
+    headers = await login(client)
+    r = await client.patch("/api/users/me", headers=headers, json={"bio": "Hello"})
+    assert (r.status_code, r.json()["bio"], r.json()["display_name"]) == (200, "Hello", "Ann")
+    r = await client.patch("/api/users/me", headers=headers, json={"display_name": None})
+    assert r.status_code == 422 and r.json()["fields"][0]["message"].startswith("display_name")
+    r = await client.patch("/api/users/me", headers=headers, json={"email": "new@example.com"})
+    assert r.status_code == 422 and r.json()["fields"][0]["field"] == "email"
+    r = await client.patch("/api/users/me", headers=headers, json={"bio": None})
+    assert (r.status_code, r.json()["bio"]) == (200, None)
+    r = await client.get("/api/users/me", headers=headers)
+    assert (r.json()["display_name"], r.json()["bio"], r.json()["email"]) == (
+        "Ann",
+        None,
+        "ann@example.com",
+    )
+
+
+async def test_login_upgrades_a_hash_made_with_weaker_parameters(client, ctx, app):
+    await register(client)
+    with ctx:
+        before = (await User.get(email_key="ann@example.com")).password_hash
+    from backend_ref.config import Settings
+    from backend_ref.security import PasswordHasher
+
+    app.state.hasher = PasswordHasher(Settings(_env_file=None, argon2_time_cost=3))
+    await login(client)
+    with ctx:
+        after = (await User.get(email_key="ann@example.com")).password_hash
+    assert "t=2" in before and "t=3" in after
+    await login(client)  # the upgraded hash verifies
+
+
+async def test_overloaded_hasher_answers_503_with_retry_after(client, app):
+    from backend_ref.config import Settings
+    from backend_ref.security import PasswordHasher
+
+    app.state.hasher = PasswordHasher(
+        Settings(_env_file=None, hash_concurrency=1, hash_queue_limit=1)
+    )
+    bodies = [
+        {"email": f"u{i}@example.com", "display_name": "U", "password": PASSWORD} for i in range(6)
+    ]
+    answers = await asyncio.gather(*(client.post("/api/auth/register", json=b) for b in bodies))
+    statuses = [r.status_code for r in answers]
+    assert 201 in statuses and 503 in statuses and set(statuses) <= {201, 503}
+    shed = next(r for r in answers if r.status_code == 503)
+    assert shed.headers["retry-after"] == "1" and shed.json()["error"] == "overloaded"

@@ -1,0 +1,103 @@
+"""End to end: the `backend-ref` command, a real server process, a real HTTP client."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-c", "from backend_ref.app import main; main()"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "BACKEND_REF_USERS_DB_URL": f"sqlite://{tmp_path}/users.sqlite3",
+        "BACKEND_REF_CONTENT_DB_URL": f"sqlite://{tmp_path}/content.sqlite3",
+        "BACKEND_REF_PORT": str(port),
+    }
+    synced = subprocess.run(
+        [*CLI, "sync-articles", str(ROOT / "nbs")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert synced.returncode == 0, synced.stderr
+    assert synced.stdout.startswith("synced ")
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [*CLI, "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "server did not become healthy in 30 s"
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+async def test_a_reader_registers_logs_in_and_comments_over_real_http(server):
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        articles = (await http.get("/api/articles")).json()
+        slugs = {a["slug"] for a in articles}
+        assert {"config", "databases", "schemas", "registration", "comments", "app"} <= slugs
+
+        r = await http.post(
+            "/api/auth/register",
+            json={
+                "email": "Reader@Example.com",
+                "display_name": "Reader",
+                "password": "a long passphrase",
+            },
+        )
+        assert r.status_code == 201, r.text
+        r = await http.post(
+            "/api/auth/token",
+            data={"username": "reader@example.com", "password": "a long passphrase"},
+        )
+        assert r.status_code == 200
+        headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+        me = (await http.get("/api/users/me", headers=headers)).json()
+        assert (me["email"], me["display_name"]) == ("Reader@example.com", "Reader")
+
+        r = await http.post(
+            "/api/articles/databases/comments", headers=headers, json={"body": "Clear, thanks!"}
+        )
+        assert r.status_code == 201
+        page = (await http.get("/api/articles/databases/comments")).json()
+        assert page["total"] == 1
+        assert page["items"][0]["body"] == "Clear, thanks!"
+        assert page["items"][0]["author"] == {"id": me["id"], "display_name": "Reader"}
+
+        assert (await http.get("/api/docs")).status_code == 200
+        r = await http.post(
+            "/api/auth/register", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 400 and r.json()["error"] == "malformed_json"
