@@ -5,14 +5,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: serve test lab install sync-check lint clean
+.PHONY: serve test lab install sync-check lint clean FORCE
 
-# Create the virtualenv and install the project with its development tools, once per pyproject change.
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	@touch $(STAMP)
+# Create the virtualenv and install the project with its development tools, again only when the
+# *content* of pyproject.toml changes (nbdev-export rewrites the file, so its date is no guide).
+$(STAMP): FORCE
+	@sum=$$(sha256sum pyproject.toml | cut -d' ' -f1); \
+	if [ -x $(BIN)/python ] && [ "$$(cat $(STAMP) 2>/dev/null)" = "$$sum" ]; then exit 0; fi; \
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || exit 1; \
+	echo "installing backend-ref and its development tools into $(VENV)"; \
+	$(BIN)/python -m pip install --quiet --upgrade pip && \
+	$(BIN)/python -m pip install --quiet -e ".[dev]" && \
+	echo "$$sum" > $(STAMP)
+
+FORCE:
 
 install: $(STAMP)
 

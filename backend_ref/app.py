@@ -60,8 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.hasher = PasswordHasher(settings)
-        async with databases_lifespan(app, settings):
-            yield
+        try:
+            async with databases_lifespan(app, settings):
+                yield
+        finally:
+            app.state.hasher.close()
 
     app = FastAPI(
         title="backend-ref",

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
         extra="ignore",
         env_ignore_empty=True,
         frozen=True,
+        hide_input_in_errors=True,  # a rejected secret must not be printed in the error
     )
 
     environment: Literal["development", "test", "production"] = "development"
@@ -36,14 +37,16 @@ class Settings(BaseSettings):
     argon2_memory_kib: int = Field(19_456, ge=19_456)  # OWASP floor: 19 MiB, t=2, p=1
     argon2_time_cost: int = Field(2, ge=2)
     argon2_parallelism: int = Field(1, ge=1)
-    hash_concurrency: int = Field(0, ge=0)  # parallel hashes; 0 = number of CPU cores
-    hash_queue_limit: int = Field(64, ge=1)  # waiting logins beyond this get 503
+    hash_concurrency: int = Field(0, ge=0)  # parallel hashes; 0 = one per usable core
+    hash_queue_limit: int = Field(64, ge=1)  # hashes waiting for a thread; more get a 503
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self):
         secret = self.jwt_secret.get_secret_value()
+        if secret == PLACEHOLDER_JWT_SECRET and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("BACKEND_REF_JWT_SECRET must be set to serve beyond this machine")
         if self.environment == "production":
             if secret == PLACEHOLDER_JWT_SECRET:
                 raise ValueError("BACKEND_REF_JWT_SECRET must be set in production")

@@ -14,7 +14,7 @@ from pathlib import Path
 from tortoise import fields
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.executor import EXECUTOR_CACHE
-from tortoise.context import TortoiseContext
+from tortoise.context import TortoiseContext, _current_context
 from tortoise.models import Model
 
 from .config import Settings
@@ -25,7 +25,7 @@ class User(Model):
 
     id = fields.IntField(primary_key=True)
     email = fields.CharField(max_length=254)  # as the user typed it
-    email_key = fields.CharField(max_length=254, unique=True)  # casefolded: uniqueness
+    email_key = fields.CharField(max_length=64, unique=True)  # sha256(casefolded email): identity
     display_name = fields.CharField(max_length=50)
     bio = fields.CharField(max_length=500, null=True)  # optional profile text
     password_hash = fields.CharField(max_length=255)
@@ -142,8 +142,11 @@ class DatabaseContextMiddleware:
         ctx = getattr(scope["app"].state, "tortoise", None) if "app" in scope else None
         if ctx is None or scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
-        with ctx:
+        token = _current_context.set(ctx)  # a token per request: safe under concurrency
+        try:
             return await self.app(scope, receive, send)
+        finally:
+            _current_context.reset(token)
 
 # %% ../nbs/01_databases.ipynb #4c0440a2
 async def table_names(db: BaseDBAsyncClient) -> set[str]:

@@ -7,9 +7,10 @@ __all__ = ['bearer_token', 'CurrentUser', 'router', 'EmailTaken', 'email_key', '
            'authenticate', 'get_current_user', 'TokenOut', 'register', 'login', 'read_me', 'update_me']
 
 # %% ../nbs/05_registration.ipynb #d4f12f45
+import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
 from pydantic import BaseModel
 from tortoise.exceptions import IntegrityError
@@ -32,8 +33,8 @@ class EmailTaken(Conflict):
 
 
 def email_key(email: str) -> str:
-    """The identity of an email address: normalised, then case-folded."""
-    return normalize_email(email).casefold()
+    """The identity of an email address: SHA-256 of its normalised, case-folded form."""
+    return hashlib.sha256(normalize_email(email).casefold().encode()).hexdigest()
 
 
 async def register_user(data: UserIn, hasher: PasswordHasher) -> User:
@@ -118,10 +119,14 @@ async def register(data: UserIn, hasher: HasherDep) -> UserOut:
 
 @router.post("/auth/token", tags=["auth"], responses=error_responses(401, 422, 503))
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], settings: SettingsDep, hasher: HasherDep
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    settings: SettingsDep,
+    hasher: HasherDep,
+    response: Response,
 ) -> TokenOut:
     """Exchange email (as `username`) and password for an access token."""
     user = await authenticate(form.username, form.password, hasher)
+    response.headers["Cache-Control"] = "no-store"  # RFC 6749 5.1: tokens are never cached
     token = create_access_token(user.id, settings)
     return TokenOut(access_token=token, expires_in=settings.access_token_minutes * 60)
 

@@ -80,7 +80,7 @@ def ctx(app) -> TortoiseContext:
 
 @pytest.fixture
 async def client(app) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    transport = httpx.ASGITransport(app)  # an exception in the app fails the test
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
 

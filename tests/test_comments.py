@@ -105,6 +105,7 @@ BAD = [
     ("post", "/api/articles/hello/comments", {"body": ""}, 422, "body"),
     ("post", "/api/articles/hello/comments", {"body": "x" * 2001}, 422, "body"),
     ("post", "/api/articles/hello/comments", {"body": 12}, 422, "body"),
+    ("post", "/api/articles/hello/comments", {"body": "a\x00b"}, 422, "body"),
     ("post", "/api/articles/hello/comments", {}, 422, "body"),
     ("post", "/api/articles/hello/comments", {"body": "hi", "author_id": 1}, 422, "author_id"),
     ("post", "/api/articles/nope/comments", {"body": "hi"}, 404, None),

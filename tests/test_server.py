@@ -1,5 +1,6 @@
 """End to end: the `backend-ref` command, a real server process, a real HTTP client."""
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -21,7 +22,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server_log(tmp_path):
+    return tmp_path / "server.log"
+
+
+@pytest.fixture
+def server(tmp_path, server_log):
     port = free_port()
     env = {
         **os.environ,
@@ -39,7 +45,7 @@ def server(tmp_path):
     )
     assert synced.returncode == 0, synced.stderr
     assert synced.stdout.startswith("synced ")
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115
+    log = open(server_log, "w")  # noqa: SIM115
     process = subprocess.Popen(
         [*CLI, "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
     )
@@ -52,7 +58,7 @@ def server(tmp_path):
                     break
             except httpx.TransportError:
                 pass
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
+            assert process.poll() is None, server_log.read_text()
             assert time.monotonic() < deadline, "server did not become healthy in 30 s"
             time.sleep(0.1)
         yield base
@@ -101,3 +107,18 @@ async def test_a_reader_registers_logs_in_and_comments_over_real_http(server):
             "/api/auth/register", content=b"{", headers={"content-type": "application/json"}
         )
         assert r.status_code == 400 and r.json()["error"] == "malformed_json"
+
+
+async def test_concurrent_requests_on_keep_alive_connections_all_succeed(server, server_log):
+    """Requests that overlap in one process must not disturb each other's ORM context."""
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=20)
+    async with httpx.AsyncClient(base_url=server, timeout=10, limits=limits) as http:
+
+        async def worker():
+            url = "/api/articles/databases/comments"
+            return [(await http.get(url)).status_code for _ in range(20)]
+
+        batches = await asyncio.gather(*(worker() for _ in range(20)))
+    assert [status for batch in batches for status in batch] == [200] * 400
+    log = server_log.read_text()
+    assert "Traceback" not in log and "Exception" not in log, log[-2000:]
