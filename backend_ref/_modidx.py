@@ -116,4 +116,12 @@ d = { 'settings': { 'branch': 'main',
                                                                                     'backend_ref/security.py'),
                                       'backend_ref.security.get_hasher': ('security.html#get_hasher', 'backend_ref/security.py'),
                                       'backend_ref.security.normalize_password': ( 'security.html#normalize_password',
-                                                                                   'backend_ref/security.py')}}}
+                                                                                   'backend_ref/security.py')},
+            'backend_ref.site': { 'backend_ref.site.article_notebook': ('site.html#article_notebook', 'backend_ref/site.py'),
+                                  'backend_ref.site.build_site': ('site.html#build_site', 'backend_ref/site.py'),
+                                  'backend_ref.site.copy_mermaid': ('site.html#copy_mermaid', 'backend_ref/site.py'),
+                                  'backend_ref.site.last_commit_date': ('site.html#last_commit_date', 'backend_ref/site.py'),
+                                  'backend_ref.site.main': ('site.html#main', 'backend_ref/site.py'),
+                                  'backend_ref.site.markdown_cell': ('site.html#markdown_cell', 'backend_ref/site.py'),
+                                  'backend_ref.site.prepare_sources': ('site.html#prepare_sources', 'backend_ref/site.py'),
+                                  'backend_ref.site.strip_directives': ('site.html#strip_directives', 'backend_ref/site.py')}}}
