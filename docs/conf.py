@@ -41,6 +41,7 @@ post_date_format = "%Y-%m-%d"
 post_date_format_short = "%Y-%m-%d"
 post_auto_image = 0
 post_auto_excerpt = 1
+post_show_prev_next = False  # previous/next follow the reading order (the toctree), not dates
 fontawesome_included = True
 
 html_theme = "pydata_sphinx_theme"

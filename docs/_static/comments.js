@@ -7,7 +7,7 @@
 // - every API error is turned into a sentence for the reader.
 (() => {
   "use strict";
-  const root = document.getElementById("comments");
+  const root = document.getElementById("br-comments");
   if (!root) return;
   const api = root.dataset.api || "/api";
   const slug = root.dataset.slug || location.pathname.split("/").pop().replace(/\.html$/, "");
