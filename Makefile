@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: serve test lab install sync-check lint clean FORCE
+.PHONY: serve test docs lab install sync-check lint clean FORCE
 
 # Create the virtualenv and install the project with its development tools, again only when the
 # *content* of pyproject.toml changes (nbdev-export rewrites the file, so its date is no guide).
@@ -15,20 +15,30 @@ $(STAMP): FORCE
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || exit 1; \
 	echo "installing backend-ref and its development tools into $(VENV)"; \
 	$(BIN)/python -m pip install --quiet --upgrade pip && \
-	$(BIN)/python -m pip install --quiet -e ".[dev]" && \
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]" && \
 	echo "$$sum" > $(STAMP)
 
 FORCE:
 
 install: $(STAMP)
 
-## Serve the API on http://127.0.0.1:8000 with two SQLite databases under ./data/
+## Serve the articles site at http://127.0.0.1:8000/ and the API at /api (two SQLite databases
+## under ./data/); builds the site first if it is missing. The app syncs the site's articles.
 serve: $(STAMP)
-	$(BIN)/backend-ref sync-articles nbs
+	@test -f _site/index.html || $(MAKE) docs
 	$(BIN)/backend-ref serve
 
-## Everything: package in sync with the notebooks, lint, notebooks and tests in one pytest run
-test: $(STAMP) sync-check lint
+## Build the articles site into _site/ (every notebook executed; warnings are errors)
+docs: $(STAMP) docs/node_modules/.package-lock.json
+	$(BIN)/backend-ref-site build
+
+# Mermaid for the site, from the npm registry (docs/node_modules is not committed)
+docs/node_modules/.package-lock.json: docs/package.json docs/package-lock.json
+	npm ci --prefix docs --no-audit --no-fund --loglevel=error
+
+## Everything: package in sync with the notebooks, lint, the site, then notebooks and tests
+## (browser tests included) in one pytest run
+test: $(STAMP) sync-check lint docs
 	$(BIN)/pytest
 
 # The package must be exactly what the notebooks export. Compare the tree before and after
@@ -56,4 +66,4 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab nbs
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache _site build docs/node_modules docs/_mermaid test-artifacts

@@ -6,6 +6,7 @@
 __all__ = ['PLACEHOLDER_JWT_SECRET', 'SettingsDep', 'Settings', 'get_settings']
 
 # %% ../nbs/00_config.ipynb #aba9b57f
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
@@ -41,6 +42,7 @@ class Settings(BaseSettings):
     hash_queue_limit: int = Field(64, ge=1)  # hashes waiting for a thread; more get a 503
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    site_dir: Path = Path("_site")  # the built articles site, served at / when it exists
 
     @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self):

@@ -142,7 +142,7 @@ class DatabaseContextMiddleware:
         ctx = getattr(scope["app"].state, "tortoise", None) if "app" in scope else None
         if ctx is None or scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
-        token = _current_context.set(ctx)  # a token per request: safe under concurrency
+        token = _current_context.set(ctx)  # not `with ctx:`, see the pitfall above
         try:
             return await self.app(scope, receive, send)
         finally:

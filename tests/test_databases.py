@@ -1,9 +1,11 @@
 """Two databases, never merged: on SQLite always, on PostgreSQL and MariaDB when configured."""
 
+import asyncio
 import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 from tortoise.exceptions import ParamsError
 from tortoise.transactions import in_transaction
@@ -121,3 +123,16 @@ def test_importing_the_package_connects_to_nothing_and_reads_no_settings():
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
     with pytest.raises(ValueError, match="port"):
         Settings(_env_file=None, port="not a port")
+
+
+async def test_overlapping_requests_each_keep_their_own_orm_context(app, ctx):
+    """Regression: the middleware entered the shared context object with `with ctx:`, which keeps
+    one reset token per object, so overlapping requests swapped tokens and failed with
+    "ValueError: ... was created in a different Context" (a browser loads pages in parallel)."""
+    with ctx:
+        await Article.create(slug="hello", title="Hello")
+    transport = httpx.ASGITransport(app)  # raises what the app raises, even after the response
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        paths = ["/api/articles", "/api/health", "/api/articles/hello", "/api/articles/nope"]
+        answers = await asyncio.gather(*(client.get(path) for path in paths * 10))
+    assert [r.status_code for r in answers] == [200, 200, 200, 404] * 10

@@ -1,0 +1,222 @@
+// The comments section of an article page: list, register, log in, post, log out.
+// Plain JavaScript, no dependencies. Safe by construction:
+// - text from the API is only ever written with textContent (never innerHTML), so a comment
+//   that contains <script> or <img onerror=...> is shown as typed;
+// - the access token lives in the `token` variable below and nowhere else (no cookie, no
+//   localStorage): a reload logs the reader out;
+// - every API error is turned into a sentence for the reader.
+(() => {
+  "use strict";
+  const root = document.getElementById("br-comments");
+  if (!root) return;
+  const api = root.dataset.api || "/api";
+  const slug = root.dataset.slug || location.pathname.split("/").pop().replace(/\.html$/, "");
+  const part = (role) => root.querySelector(`[data-role="${role}"]`);
+  const PAGE_SIZE = 20;
+  const FIELD_LABELS = {
+    email: "Email", username: "Email", display_name: "Display name",
+    password: "Password", body: "Comment", bio: "Bio",
+  };
+  const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+  let token = null; // the access token: in memory only
+  let after = 0; // keyset cursor: the id of the last comment shown
+  let total = 0; // comments on the article, as last counted by the API
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super((body && body.message) || `HTTP ${status}`);
+      this.status = status;
+      this.code = body && body.error;
+      this.fields = (body && Array.isArray(body.fields) && body.fields) || [];
+    }
+  }
+
+  async function call(path, { method = "GET", json, form, auth = false } = {}) {
+    const headers = { Accept: "application/json" };
+    let body;
+    if (json !== undefined) {
+      headers["Content-Type"] = "application/json";
+      body = JSON.stringify(json);
+    } else if (form !== undefined) {
+      body = new URLSearchParams(form);
+    }
+    if (auth && token) headers.Authorization = `Bearer ${token}`;
+    let response;
+    try {
+      response = await fetch(api + path, { method, headers, body, credentials: "same-origin" });
+    } catch {
+      throw new ApiError(0, { error: "network", message: "network" });
+    }
+    let data = null;
+    try {
+      data = await response.json();
+    } catch {
+      data = null;
+    }
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
+  }
+
+  // An API error in words a reader understands.
+  function describe(error) {
+    if (!(error instanceof ApiError)) return "Something went wrong. Please try again.";
+    switch (error.status) {
+      case 0:
+        return "The server could not be reached. Check your connection and try again.";
+      case 401:
+        return error.code === "invalid_credentials"
+          ? "Wrong email or password."
+          : "Your session has ended. Please log in again.";
+      case 404:
+        return "This page is not open for comments.";
+      case 409:
+        return "An account with this email already exists. Log in instead.";
+      case 422:
+      case 400:
+        if (error.fields.length) {
+          return error.fields
+            .map((f) => `${FIELD_LABELS[f.field] || f.field}: ${f.message}`)
+            .join("\n");
+        }
+        return error.message;
+      case 429:
+      case 503:
+        return "Too many requests right now. Please wait a moment and try again.";
+      default:
+        return `The server could not do that (${error.status}). Please try again later.`;
+    }
+  }
+
+  function showError(form, error) {
+    const box = form.querySelector('[data-role="error"]');
+    box.textContent = error ? describe(error) : "";
+    const invalid = new Set(((error && error.fields) || []).map((f) => f.field));
+    for (const input of form.querySelectorAll("input, textarea")) {
+      const bad = invalid.has(input.name) || (input.name === "username" && invalid.has("email"));
+      if (bad) input.setAttribute("aria-invalid", "true");
+      else input.removeAttribute("aria-invalid");
+    }
+  }
+
+  function renderComment(comment) {
+    const item = document.createElement("li");
+    item.className = "br-comment";
+    item.dataset.id = String(comment.id);
+    const header = document.createElement("header");
+    const author = document.createElement("strong");
+    author.className = "br-author";
+    author.textContent = comment.author.display_name;
+    const time = document.createElement("time");
+    time.dateTime = comment.created_at;
+    time.textContent = dateFormat.format(new Date(comment.created_at));
+    header.append(author, time);
+    const body = document.createElement("p");
+    body.className = "br-body";
+    body.textContent = comment.body; // text, never HTML
+    item.append(header, body);
+    return item;
+  }
+
+  function showCount(total) {
+    part("count").textContent =
+      total === 0 ? "No comments yet." : total === 1 ? "1 comment" : `${total} comments`;
+  }
+
+  // Load the next page of comments (keyset pagination: ?after=<last id>).
+  async function loadMore() {
+    const more = part("more");
+    more.disabled = true;
+    try {
+      const page = await call(
+        `/articles/${encodeURIComponent(slug)}/comments?after=${after}&limit=${PAGE_SIZE}`,
+      );
+      part("list").append(...page.items.map(renderComment));
+      if (page.items.length) after = page.items[page.items.length - 1].id;
+      total = page.total;
+      showCount(total);
+      more.hidden = page.next_after == null;
+      part("list-error").textContent = "";
+    } catch (error) {
+      part("count").textContent = "";
+      part("list-error").textContent = `Comments could not be loaded. ${describe(error)}`;
+    } finally {
+      more.disabled = false;
+    }
+  }
+
+  async function showSignedIn() {
+    const me = await call("/users/me", { auth: true });
+    part("me").textContent = me.display_name;
+    part("signed-out").hidden = true;
+    part("signed-in").hidden = false;
+  }
+
+  function logOut() {
+    token = null;
+    part("me").textContent = "";
+    part("signed-in").hidden = true;
+    part("signed-out").hidden = false;
+  }
+
+  async function logIn(username, password) {
+    const answer = await call("/auth/token", { method: "POST", form: { username, password } });
+    token = answer.access_token;
+    await showSignedIn();
+  }
+
+  function onSubmit(form, action) {
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const button = form.querySelector('button[type="submit"]');
+      button.disabled = true;
+      showError(form, null);
+      try {
+        await action(new FormData(form));
+        form.reset();
+      } catch (error) {
+        if (error instanceof ApiError && error.status === 401 && error.code !== "invalid_credentials") {
+          logOut();
+          showError(part("login"), error);
+        } else {
+          showError(form, error);
+        }
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
+  onSubmit(part("login"), (data) => logIn(data.get("username"), data.get("password")));
+
+  onSubmit(part("register"), async (data) => {
+    const account = {
+      email: data.get("email"),
+      display_name: data.get("display_name"),
+      password: data.get("password"),
+    };
+    await call("/auth/register", { method: "POST", json: account });
+    await logIn(account.email, account.password); // registered: sign straight in
+  });
+
+  onSubmit(part("post"), async (data) => {
+    const comment = await call(`/articles/${encodeURIComponent(slug)}/comments`, {
+      method: "POST",
+      json: { body: data.get("body") },
+      auth: true,
+    });
+    // The new comment is the newest: show it at the end if every earlier page is shown.
+    if (part("more").hidden) {
+      part("list").append(renderComment(comment));
+      after = comment.id;
+    }
+    total += 1;
+    showCount(total);
+  });
+
+  part("logout").addEventListener("click", logOut);
+  part("more").addEventListener("click", loadMore);
+
+  logOut(); // a fresh page starts signed out
+  loadMore();
+})();
