@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(1, ge=1)
     hash_concurrency: int = Field(0, ge=0)  # parallel hashes; 0 = one per usable core
     hash_queue_limit: int = Field(64, ge=1)  # hashes waiting for a thread; more get a 503
+    password_min_length: int = Field(8, ge=8, le=64)  # may be raised; 64 must always be allowed
+    password_min_score: int = Field(3, ge=0, le=4)  # zxcvbn score a new password needs (0-4)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     site_dir: Path = Path("_site")  # the built articles site, served at / when it exists

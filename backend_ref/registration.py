@@ -23,6 +23,7 @@ from backend_ref.security import (
     HasherDep,
     InvalidToken,
     PasswordHasher,
+    PasswordPolicy,
     create_access_token,
     decode_access_token,
 )
@@ -37,11 +38,15 @@ def email_key(email: str) -> str:
     return hashlib.sha256(normalize_email(email).casefold().encode()).hexdigest()
 
 
-async def register_user(data: UserIn, hasher: PasswordHasher) -> User:
-    """Create an account; `EmailTaken` if the email (in any letter case) has one."""
+async def register_user(
+    data: UserIn, hasher: PasswordHasher, policy: PasswordPolicy | None = None
+) -> User:
+    """Create an account; `EmailTaken` if taken (in any letter case), `WeakPassword` if weak."""
     key = email_key(data.email)
     if await User.filter(email_key=key).exists():
         raise EmailTaken()
+    context = [data.email, data.email.split("@")[0], data.display_name]
+    await (policy or PasswordPolicy()).check(data.password.get_secret_value(), context)
     password_hash = await hasher.hash(data.password.get_secret_value())
     try:
         return await User.create(
@@ -112,9 +117,10 @@ router = APIRouter(prefix="/api")
 @router.post(
     "/auth/register", status_code=201, tags=["auth"], responses=error_responses(400, 409, 422, 503)
 )
-async def register(data: UserIn, hasher: HasherDep) -> UserOut:
+async def register(data: UserIn, hasher: HasherDep, settings: SettingsDep) -> UserOut:
     """Create an account."""
-    return UserOut.model_validate(await register_user(data, hasher))
+    policy = PasswordPolicy.from_settings(settings)
+    return UserOut.model_validate(await register_user(data, hasher, policy))
 
 
 @router.post("/auth/token", tags=["auth"], responses=error_responses(401, 422, 503))

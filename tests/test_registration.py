@@ -296,3 +296,32 @@ async def test_a_cancelled_hash_keeps_its_slot_until_the_thread_is_done():
         assert not hasher._slots.locked()
     finally:
         hasher.close()
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["password1", "Password1!", "qwertyuiop", "11111111111", "ann@example.com", "Ann-example"],
+)
+async def test_common_and_personal_passwords_are_refused_with_a_reason(client, ctx, password):
+    r = await client.post(
+        "/api/auth/register",
+        json={"email": "ann@example.com", "display_name": "Ann", "password": password},
+    )
+    assert (r.status_code, r.json()["error"]) == (422, "weak_password")
+    field = r.json()["fields"][0]
+    assert (field["field"], field["type"]) == ("password", "password_too_weak")
+    assert field["message"] and password not in r.text
+    with ctx:
+        assert await User.all().count() == 0
+
+
+async def test_a_raised_minimum_length_is_enforced_and_64_characters_always_fit(client, app):
+    app.state.settings = app.state.settings.model_copy(update={"password_min_length": 20})
+    body = {"email": "ann@example.com", "display_name": "Ann"}
+    r = await client.post("/api/auth/register", json={**body, "password": "Tr0ub4dor&3-xyz"})
+    assert (r.status_code, r.json()["fields"][0]["type"]) == (422, "password_too_short")
+    passphrase = "the quiet heron counts the slow tides of an unfamiliar northern bay"[:64]
+    assert len(passphrase) == 64
+    r = await client.post("/api/auth/register", json={**body, "password": passphrase})
+    assert r.status_code == 201, r.text
+    await login(client, password=passphrase)
