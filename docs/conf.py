@@ -1,5 +1,5 @@
 """Sphinx configuration of the articles site. `make docs` (backend-ref-site build) runs it on the
-sources that `backend_ref.site.prepare_sources` writes from nbs/; see nbs/08_site.ipynb."""
+sources that `backend_ref.site.prepare_sources` writes from nbs/; see nbs/91_site.ipynb."""
 
 import os
 
