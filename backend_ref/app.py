@@ -24,6 +24,7 @@ from . import __version__, comments, registration
 from .config import Settings
 from .databases import DatabaseContextMiddleware, connect_databases, databases_lifespan
 from .errors import install_error_handlers
+from .rate_limits import RateLimiter
 from .security import PasswordHasher
 
 # %% ../nbs/90_app.ipynb #e1429ff5
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.hasher = PasswordHasher(settings)
+        app.state.limiter = RateLimiter(settings)
         try:
             async with databases_lifespan(app, settings) as ctx:
                 with ctx:

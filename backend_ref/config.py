@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-from pydantic import Field, SecretStr, model_validator
+from limits import parse as parse_limit
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # %% ../nbs/00_config.ipynb #29bb8dd4
@@ -42,6 +43,20 @@ class Settings(BaseSettings):
     hash_queue_limit: int = Field(64, ge=1)  # hashes waiting for a thread; more get a 503
     password_min_length: int = Field(8, ge=8, le=64)  # may be raised; 64 must always be allowed
     password_min_score: int = Field(3, ge=0, le=4)  # zxcvbn score a new password needs (0-4)
+    redis_url: SecretStr | None = None  # shared rate-limit counts; None = in-process memory
+    redis_key_prefix: str = "backend-ref"  # namespace of this app's keys in Redis
+    login_limit_per_address: str = "30/minute"  # login attempts from one client address
+    login_failures_per_account: str = "5/minute"  # failed logins for one account from one address
+    register_limit_per_address: str = "10/hour"  # registrations from one client address
+
+    @field_validator(
+        "login_limit_per_address", "login_failures_per_account", "register_limit_per_address"
+    )
+    @classmethod
+    def _parses_as_rate_limit(cls, value: str) -> str:
+        parse_limit(value)  # "5/minute", "100 per hour"; raises ValueError otherwise
+        return value
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     site_dir: Path = Path("_site")  # the built articles site, served at / when it exists

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['bearer_token', 'CurrentUser', 'router', 'EmailTaken', 'email_key', 'register_user', 'InvalidCredentials',
-           'authenticate', 'get_current_user', 'TokenOut', 'register', 'login', 'read_me', 'update_me']
+           'authenticate', 'get_current_user', 'TokenOut', 'login_account', 'register', 'login', 'read_me', 'update_me']
 
 # %% ../nbs/06_registration.ipynb #d4f12f45
 import hashlib
@@ -18,6 +18,7 @@ from tortoise.exceptions import IntegrityError
 from .config import SettingsDep
 from .databases import User
 from .errors import Conflict, NotAuthenticated, error_responses
+from .rate_limits import ClientAddress, LimiterDep
 from .schemas import PASSWORD_MAX_LENGTH, UserIn, UserOut, UserUpdate, normalize_email
 from backend_ref.security import (
     HasherDep,
@@ -114,24 +115,52 @@ class TokenOut(BaseModel):
 router = APIRouter(prefix="/api")
 
 
+def login_account(username: str) -> str:
+    """The key that counts one account's failed logins, whatever was typed."""
+    try:
+        return email_key(username)
+    except ValueError:  # not an email: count it under its own digest all the same
+        return hashlib.sha256(username.casefold().encode()).hexdigest()
+
+
 @router.post(
-    "/auth/register", status_code=201, tags=["auth"], responses=error_responses(400, 409, 422, 503)
+    "/auth/register",
+    status_code=201,
+    tags=["auth"],
+    responses=error_responses(400, 409, 422, 429, 503),
 )
-async def register(data: UserIn, hasher: HasherDep, settings: SettingsDep) -> UserOut:
+async def register(
+    data: UserIn,
+    hasher: HasherDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    address: ClientAddress,
+) -> UserOut:
     """Create an account."""
+    await limiter.hit("register", address)
     policy = PasswordPolicy.from_settings(settings)
     return UserOut.model_validate(await register_user(data, hasher, policy))
 
 
-@router.post("/auth/token", tags=["auth"], responses=error_responses(401, 422, 503))
+@router.post("/auth/token", tags=["auth"], responses=error_responses(401, 422, 429, 503))
 async def login(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     settings: SettingsDep,
     hasher: HasherDep,
+    limiter: LimiterDep,
+    address: ClientAddress,
     response: Response,
 ) -> TokenOut:
     """Exchange email (as `username`) and password for an access token."""
-    user = await authenticate(form.username, form.password, hasher)
+    account = login_account(form.username)
+    await limiter.hit("login", address)
+    await limiter.check("login-failure", account, address)
+    try:
+        user = await authenticate(form.username, form.password, hasher)
+    except InvalidCredentials:
+        await limiter.hit("login-failure", account, address)
+        raise
+    await limiter.clear("login-failure", account, address)
     response.headers["Cache-Control"] = "no-store"  # RFC 6749 5.1: tokens are never cached
     token = create_access_token(user.id, settings)
     return TokenOut(access_token=token, expires_in=settings.access_token_minutes * 60)

@@ -1,7 +1,13 @@
 """Fixtures: one app per database backend, started through its real lifespan."""
 
 import os
-from collections.abc import AsyncIterator
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,6 +34,14 @@ def backend_params():
     return params
 
 
+# Tests register and log in far more often than a person; tests of the limits set their own.
+GENEROUS_LIMITS = {
+    "login_limit_per_address": "10000/minute",
+    "login_failures_per_account": "10000/minute",
+    "register_limit_per_address": "10000/minute",
+}
+
+
 def make_settings(backend: str, tmp_path, **overrides) -> Settings:
     if backend == "sqlite":
         users, content = (
@@ -42,7 +56,7 @@ def make_settings(backend: str, tmp_path, **overrides) -> Settings:
         environment="test",
         users_db_url=users,
         content_db_url=content,
-        **overrides,
+        **{**GENEROUS_LIMITS, **overrides},
     )
 
 
@@ -97,3 +111,40 @@ async def login(client, email="ann@example.com", password="pw-ann-12345") -> dic
     r = await client.post("/api/auth/token", data={"username": email, "password": password})
     assert r.status_code == 200, r.text
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-c", "from backend_ref.app import main; main()"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(cwd: Path, env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """`backend-ref serve` on a free loopback port until the block ends; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, **env, "BACKEND_REF_HOST": "127.0.0.1", "BACKEND_REF_PORT": str(port)}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [*CLI, "serve"], env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "server did not become healthy in 30 s"
+                time.sleep(0.1)
+            yield base
+        finally:
+            process.terminate()
+            process.wait(timeout=10)

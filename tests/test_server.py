@@ -2,23 +2,11 @@
 
 import asyncio
 import os
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-CLI = [sys.executable, "-c", "from backend_ref.app import main; main()"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import CLI, ROOT, running_server
 
 
 @pytest.fixture
@@ -28,16 +16,13 @@ def server_log(tmp_path):
 
 @pytest.fixture
 def server(tmp_path, server_log):
-    port = free_port()
     env = {
-        **os.environ,
         "BACKEND_REF_USERS_DB_URL": f"sqlite://{tmp_path}/users.sqlite3",
         "BACKEND_REF_CONTENT_DB_URL": f"sqlite://{tmp_path}/content.sqlite3",
-        "BACKEND_REF_PORT": str(port),
     }
     synced = subprocess.run(
         [*CLI, "sync-articles", str(ROOT / "nbs")],
-        env=env,
+        env={**os.environ, **env},
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -45,27 +30,8 @@ def server(tmp_path, server_log):
     )
     assert synced.returncode == 0, synced.stderr
     assert synced.stdout.startswith("synced ")
-    log = open(server_log, "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [*CLI, "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, server_log.read_text()
-            assert time.monotonic() < deadline, "server did not become healthy in 30 s"
-            time.sleep(0.1)
+    with running_server(tmp_path, env, server_log) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
 
 
 async def test_a_reader_registers_logs_in_and_comments_over_real_http(server):

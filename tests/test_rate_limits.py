@@ -1,0 +1,124 @@
+"""Rate limits on login and registration: per address, per account, shared through Redis."""
+
+import asyncio
+import os
+import uuid
+
+import httpx
+import pytest
+from conftest import register, running_server
+
+PASSWORD = "pw-ann-12345"
+
+
+@pytest.fixture
+def limits(app):
+    """Set this test's limits on the running app (the fixture app is generous by default)."""
+
+    def set_limits(**rules):
+        from backend_ref.rate_limits import RateLimiter
+
+        app.state.settings = app.state.settings.model_copy(update=rules)
+        app.state.limiter = RateLimiter(app.state.settings)
+
+    return set_limits
+
+
+def client_from(app, address: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+async def attempt(client, email, password):
+    return await client.post("/api/auth/token", data={"username": email, "password": password})
+
+
+async def test_logins_from_one_address_are_limited_with_retry_after(app, client, limits):
+    await register(client)
+    limits(login_limit_per_address="3/minute")
+    statuses = [(await attempt(client, "ann@example.com", PASSWORD)).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    r = await attempt(client, "ann@example.com", PASSWORD)
+    assert r.json()["error"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+    async with client_from(app, "127.0.0.5") as elsewhere:
+        assert (await attempt(elsewhere, "ann@example.com", PASSWORD)).status_code == 200
+
+
+async def test_failures_limit_one_address_without_locking_out_the_owner(app, client, limits):
+    await register(client)
+    limits(login_failures_per_account="3/minute")
+    async with client_from(app, "127.0.0.6") as attacker, client_from(app, "127.0.0.7") as owner:
+        for _ in range(3):
+            assert (await attempt(attacker, "ann@example.com", "guess-guess")).status_code == 401
+        assert (await attempt(attacker, "ann@example.com", PASSWORD)).status_code == 429
+        assert (await attempt(owner, "ann@example.com", PASSWORD)).status_code == 200
+
+
+async def test_limited_answers_do_not_reveal_whether_the_account_exists(app, client, limits):
+    await register(client)
+    limits(login_failures_per_account="2/minute")
+    answers = {}
+    for email in ("ann@example.com", "nobody@example.com"):
+        for _ in range(2):
+            await attempt(client, email, "guess-guess")
+        answers[email] = await attempt(client, email, "guess-guess")
+    known, unknown = answers.values()
+    assert known.status_code == unknown.status_code == 429
+    assert known.content == unknown.content
+    assert known.headers.keys() == unknown.headers.keys()
+
+
+async def test_a_successful_login_clears_the_failures_of_its_address(client, limits):
+    await register(client)
+    limits(login_failures_per_account="3/minute")
+    for _ in range(2):
+        assert (await attempt(client, "ann@example.com", "guess-guess")).status_code == 401
+    assert (await attempt(client, "ann@example.com", PASSWORD)).status_code == 200
+    for _ in range(2):  # the count starts again: two more failures are still allowed
+        assert (await attempt(client, "ann@example.com", "guess-guess")).status_code == 401
+    assert (await attempt(client, "ann@example.com", PASSWORD)).status_code == 200
+
+
+async def test_registrations_from_one_address_are_limited(client, limits):
+    limits(register_limit_per_address="2/hour")
+    bodies = [
+        {"email": f"u{i}@example.com", "display_name": "U", "password": PASSWORD} for i in range(3)
+    ]
+    statuses = [(await client.post("/api/auth/register", json=b)).status_code for b in bodies]
+    assert statuses == [201, 201, 429]
+
+
+def test_a_rate_limit_that_does_not_parse_is_a_configuration_error():
+    from pydantic import ValidationError
+
+    from backend_ref.config import Settings
+
+    with pytest.raises(ValidationError, match="login_limit_per_address"):
+        Settings(_env_file=None, login_limit_per_address="often")
+
+
+REDIS = os.environ.get("BACKEND_REF_TEST_REDIS_URL")
+
+
+@pytest.mark.skipif(not REDIS, reason="BACKEND_REF_TEST_REDIS_URL is not set: no Redis to share")
+async def test_two_server_processes_share_one_count_through_redis(tmp_path):
+    env = {
+        "BACKEND_REF_USERS_DB_URL": f"sqlite://{tmp_path}/users.sqlite3",
+        "BACKEND_REF_CONTENT_DB_URL": f"sqlite://{tmp_path}/content.sqlite3",
+        "BACKEND_REF_REDIS_URL": REDIS,
+        "BACKEND_REF_REDIS_KEY_PREFIX": f"backend-ref-test-{uuid.uuid4().hex}",
+        "BACKEND_REF_REGISTER_LIMIT_PER_ADDRESS": "4/hour",
+    }
+    with (
+        running_server(tmp_path, env, tmp_path / "first.log") as first,
+        running_server(tmp_path, env, tmp_path / "second.log") as second,
+    ):
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def sign_up(i: int) -> int:
+                base = (first, second)[i % 2]
+                body = {"email": f"r{i}@example.com", "display_name": "R", "password": PASSWORD}
+                return (await http.post(f"{base}/api/auth/register", json=body)).status_code
+
+            statuses = await asyncio.gather(*(sign_up(i) for i in range(8)))
+    assert sorted(statuses) == [201] * 4 + [429] * 4  # not 4 per process: one count for both
