@@ -9,6 +9,7 @@ __all__ = ['health_router', 'HealthOut', 'health', 'notebook_slug', 'notebook_ar
 import argparse
 import asyncio
 import json
+import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from . import __version__, comments, registration
 from .config import Settings
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.hasher = PasswordHasher(settings)
+        await app.state.hasher.prepare()
         app.state.limiter = RateLimiter(settings)
         try:
             async with databases_lifespan(app, settings) as ctx:
@@ -136,15 +138,27 @@ def main(argv: list[str] | None = None) -> None:
     sync.add_argument("nbs_dir", nargs="?", default="nbs", type=Path)
     args = parser.parse_args(argv)
 
-    settings = Settings()
     if args.command == "sync-articles":
-        count = asyncio.run(_sync_articles(args.nbs_dir, settings))
+        count = asyncio.run(_sync_articles(args.nbs_dir, Settings()))
         print(f"synced {count} articles from {args.nbs_dir}/")
         return
-    host, port = args.host or settings.host, args.port or settings.port
-    print(
-        f"backend-ref {__version__} on http://{host}:{port}  (API docs: http://{host}:{port}/api/docs)"
-    )
+    # Command-line options are settings like any other: export them, so the factory that
+    # uvicorn calls sees them, and validate them here (a public --host needs a real secret).
+    for name, value in (("HOST", args.host), ("PORT", args.port)):
+        if value is not None:
+            os.environ[f"BACKEND_REF_{name}"] = str(value)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise SystemExit(f"backend-ref: invalid settings:\n{exc}") from None
+    host, port = settings.host, settings.port
+    print(f"backend-ref {__version__} on http://{host}:{port}  (API docs: /api/docs)")
     uvicorn.run(
-        "backend_ref.app:create_app", factory=True, host=host, port=port, reload=args.reload
+        "backend_ref.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        reload=args.reload,
+        proxy_headers=settings.forwarded_allow_ips is not None,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     hash_queue_limit: int = Field(64, ge=1)  # hashes waiting for a thread; more get a 503
     password_min_length: int = Field(8, ge=8, le=64)  # may be raised; 64 must always be allowed
     password_min_score: int = Field(3, ge=0, le=4)  # zxcvbn score a new password needs (0-4)
+    forwarded_allow_ips: str | None = None  # proxies trusted for X-Forwarded-For; None = none
     redis_url: SecretStr | None = None  # shared rate-limit counts; None = in-process memory
     redis_key_prefix: str = "backend-ref"  # namespace of this app's keys in Redis
     login_limit_per_address: str = "30/minute"  # login attempts from one client address

@@ -8,6 +8,7 @@ __all__ = ['bearer_token', 'CurrentUser', 'router', 'EmailTaken', 'email_key', '
 
 # %% ../nbs/06_registration.ipynb #d4f12f45
 import hashlib
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
@@ -46,7 +47,9 @@ async def register_user(
     key = email_key(data.email)
     if await User.filter(email_key=key).exists():
         raise EmailTaken()
-    context = [data.email, data.email.split("@")[0], data.display_name]
+    local_part = data.email.split("@")[0]
+    context = [data.email, local_part, data.display_name]
+    context += re.split(r"[._+\-]", local_part) + data.display_name.split()
     await (policy or PasswordPolicy()).check(data.password.get_secret_value(), context)
     password_hash = await hasher.hash(data.password.get_secret_value())
     try:
@@ -154,12 +157,10 @@ async def login(
     """Exchange email (as `username`) and password for an access token."""
     account = login_account(form.username)
     await limiter.hit("login", address)
-    await limiter.check("login-failure", account, address)
-    try:
-        user = await authenticate(form.username, form.password, hasher)
-    except InvalidCredentials:
-        await limiter.hit("login-failure", account, address)
-        raise
+    # Count the attempt as a failure *before* checking the password, and forget it on success:
+    # otherwise guesses sent at the same instant all pass the check before any is counted.
+    await limiter.hit("login-failure", account, address)
+    user = await authenticate(form.username, form.password, hasher)
     await limiter.clear("login-failure", account, address)
     response.headers["Cache-Control"] = "no-store"  # RFC 6749 5.1: tokens are never cached
     token = create_access_token(user.id, settings)

@@ -53,7 +53,7 @@ class PasswordHasher:
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="argon2")
         self._slots = asyncio.Semaphore(self.concurrency)
         self._waiting = 0
-        self._dummy_hash: str | None = None
+        self._dummy_hash: asyncio.Future[str] | None = None
 
     async def _run(self, fn, *args):
         """Run a blocking hash function in the pool once a slot is free; 503 if the queue is full."""
@@ -82,11 +82,16 @@ class PasswordHasher:
             self._pwd.verify_and_update, normalize_password(password), password_hash
         )
 
+    async def prepare(self) -> None:
+        """Make the dummy hash once, at start-up, so no login ever pays for it."""
+        if self._dummy_hash is None:  # one shared task, even if many logins race for it
+            self._dummy_hash = asyncio.ensure_future(self.hash(secrets.token_urlsafe(16)))
+        await asyncio.shield(self._dummy_hash)
+
     async def verify_dummy(self, password: str) -> bool:
         """Spend the time of a real verify, for unknown users; always False."""
-        if self._dummy_hash is None:
-            self._dummy_hash = await self.hash(secrets.token_urlsafe(16))
-        await self.verify(password, self._dummy_hash)
+        await self.prepare()
+        await self.verify(password, self._dummy_hash.result())
         return False
 
 # %% ../nbs/04_security.ipynb #9974752c

@@ -122,3 +122,47 @@ async def test_two_server_processes_share_one_count_through_redis(tmp_path):
 
             statuses = await asyncio.gather(*(sign_up(i) for i in range(8)))
     assert sorted(statuses) == [201] * 4 + [429] * 4  # not 4 per process: one count for both
+
+
+async def test_guesses_sent_at_once_cannot_outrun_the_failure_limit(app, client, limits):
+    await register(client)
+    limits(login_failures_per_account="5/minute")
+    guesses = [f"wrong-guess-{i}" for i in range(20)] + [PASSWORD]
+    answers = await asyncio.gather(*(attempt(client, "ann@example.com", p) for p in guesses))
+    statuses = [r.status_code for r in answers]
+    assert sum(s in (200, 401) for s in statuses) <= 5  # at most 5 passwords were checked
+    assert statuses.count(429) >= 16
+
+
+async def test_x_forwarded_for_is_ignored_unless_a_proxy_is_named(tmp_path):
+    env = {
+        "BACKEND_REF_USERS_DB_URL": f"sqlite://{tmp_path}/users.sqlite3",
+        "BACKEND_REF_CONTENT_DB_URL": f"sqlite://{tmp_path}/content.sqlite3",
+        "BACKEND_REF_REGISTER_LIMIT_PER_ADDRESS": "1/hour",
+    }
+    with running_server(tmp_path, env, tmp_path / "server.log") as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            body = {"email": "a@example.com", "display_name": "A", "password": PASSWORD}
+            assert (await http.post("/api/auth/register", json=body)).status_code == 201
+            body["email"] = "b@example.com"
+            spoofed = {"X-Forwarded-For": "203.0.113.9"}
+            r = await http.post("/api/auth/register", json=body, headers=spoofed)
+            assert r.status_code == 429  # still counted against the real peer address
+
+
+def test_serving_beyond_loopback_with_the_placeholder_secret_is_refused(tmp_path):
+    import subprocess
+
+    from conftest import CLI
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKEND_REF_")}
+    done = subprocess.run(
+        [*CLI, "serve", "--host", "0.0.0.0", "--port", "9"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "JWT_SECRET must be set to serve beyond this machine" in done.stderr

@@ -315,6 +315,12 @@ async def test_common_and_personal_passwords_are_refused_with_a_reason(client, c
         assert await User.all().count() == 0
 
 
+async def test_passwords_made_of_the_parts_of_the_users_name_are_refused(client):
+    body = {"email": "zorblatt.quendic@example.com", "display_name": "Zorblatt Quendic"}
+    r = await client.post("/api/auth/register", json={**body, "password": "quendiczorblatt"})
+    assert (r.status_code, r.json()["error"]) == (422, "weak_password")
+
+
 async def test_a_raised_minimum_length_is_enforced_and_64_characters_always_fit(client, app):
     app.state.settings = app.state.settings.model_copy(update={"password_min_length": 20})
     body = {"email": "ann@example.com", "display_name": "Ann"}
