@@ -14,7 +14,7 @@ from pathlib import Path
 from tortoise import fields
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.base.executor import EXECUTOR_CACHE
-from tortoise.context import TortoiseContext
+from tortoise.context import TortoiseContext, _current_context
 from tortoise.models import Model
 
 from .config import Settings
@@ -142,8 +142,11 @@ class DatabaseContextMiddleware:
         ctx = getattr(scope["app"].state, "tortoise", None) if "app" in scope else None
         if ctx is None or scope["type"] == "lifespan":
             return await self.app(scope, receive, send)
-        with ctx:
+        token = _current_context.set(ctx)  # not `with ctx:`, see below
+        try:
             return await self.app(scope, receive, send)
+        finally:
+            _current_context.reset(token)
 
 # %% ../nbs/01_databases.ipynb #4c0440a2
 async def table_names(db: BaseDBAsyncClient) -> set[str]:

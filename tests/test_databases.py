@@ -1,9 +1,11 @@
 """Two databases, never merged: on SQLite always, on PostgreSQL and MariaDB when configured."""
 
+import asyncio
 import os
 import subprocess
 import sys
 
+import httpx
 import pytest
 from tortoise.exceptions import ParamsError
 from tortoise.transactions import in_transaction
@@ -121,3 +123,14 @@ def test_importing_the_package_connects_to_nothing_and_reads_no_settings():
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
     with pytest.raises(ValueError, match="port"):
         Settings(_env_file=None, port="not a port")
+
+
+async def test_overlapping_requests_each_keep_their_database_context(app):
+    # Regression: the middleware used `with ctx:` on the app's one shared TortoiseContext, which
+    # keeps a single reset token; overlapping requests reset each other's token and raised
+    # "Token was created in a different Context" (uvicorn then dropped the connection).
+    transport = httpx.ASGITransport(app)  # app exceptions are raised, not turned into a 500
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with asyncio.timeout(60):  # the broken version hung here instead of failing
+            answers = await asyncio.gather(*(client.get("/api/health") for _ in range(20)))
+    assert [r.status_code for r in answers] == [200] * 20
