@@ -194,13 +194,12 @@ async def login(
 
 
 @router.get("/users/me", tags=["users"], response_model=UserOut, responses=error_responses(401))
-async def read_me(
-    token: BearerToken, settings: SettingsDep, cache: CurrentUserCacheDep
-) -> Response:
+async def read_me(request: Request, token: BearerToken) -> Response:
     """The signed-in user (cached for `current_user_cache_seconds`, see above)."""
     if not token:
         raise NotAuthenticated()
-    user_id = decode_access_token(token, settings)
+    user_id = decode_access_token(token, request.app.state.settings)
+    cache = current_user_cache(request.app)  # not dependencies: each one costs (make bench)
     if (body := cache.get(user_id)) is None:
         body = await user_out_json(user_id)
         cache.put(user_id, body)
