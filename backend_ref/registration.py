@@ -66,6 +66,7 @@ async def authenticate(email: str, password: str, hasher: PasswordHasher) -> Use
     """The active user with this email and password, or `InvalidCredentials`."""
     if len(password) > PASSWORD_MAX_LENGTH:
         raise InvalidCredentials()
+    hasher.check_capacity()  # overloaded: 503 before spending a query
     try:
         user = await User.get_or_none(email_key=email_key(email))
     except ValueError:  # not an email address: no account can have it

@@ -64,10 +64,14 @@ class PasswordHasher:
         self._waiting = 0
         self._dummy_hash: str | None = None
 
-    async def _run(self, fn, *args):
-        """Run a blocking hash function in a thread once a slot is free; 503 if the queue is full."""
+    def check_capacity(self) -> None:
+        """`ServiceOverloaded` if a hash would be refused now: call before spending other work."""
         if self._waiting >= self.queue_limit:
             raise ServiceOverloaded()
+
+    async def _run(self, fn, *args):
+        """Run a blocking hash function in a thread once a slot is free; 503 if the queue is full."""
+        self.check_capacity()
         self._waiting += 1
         try:
             async with self._slots:
