@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: serve test docs lab install sync-check lint clean FORCE
+.PHONY: serve test docs bench lab install sync-check lint clean FORCE
 
 # Create the virtualenv and install the project with its development tools, again only when the
 # *content* of pyproject.toml changes (nbdev-export rewrites the file, so its date is no guide).
@@ -57,8 +57,16 @@ sync-check: $(STAMP)
 	echo "sync-check: backend_ref/ matches the notebooks"
 
 lint: $(STAMP)
-	$(BIN)/ruff check backend_ref tests nbs
-	$(BIN)/ruff format --check tests nbs  # backend_ref/ is laid out by nbdev-export from nbs/
+	$(BIN)/ruff check backend_ref tests nbs bench
+	$(BIN)/ruff format --check tests nbs bench  # backend_ref/ is laid out by nbdev-export from nbs/
+
+## Benchmarks: every hot path as a ratio to a bare FastAPI endpoint, on loopback, < 15 minutes.
+## Also on PostgreSQL when BACKEND_REF_BENCH_POSTGRES_URL is set (postgres://postgres@127.0.0.1:5432).
+## Writes bench/results/<date>.json and .md, and bench/results/latest.md.
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
+		|| { echo "bench: wrk is missing; install it (apt-get install wrk)"; exit 1; }
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## Open the notebooks in JupyterLab (installs the optional `lab` extra)
 lab: $(STAMP)

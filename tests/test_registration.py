@@ -3,13 +3,15 @@
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import jwt
 import pytest
-from conftest import login, register
+from conftest import empty_tables, login, make_settings, register
 
+from backend_ref.app import create_app
 from backend_ref.config import Settings
 from backend_ref.databases import User
-from backend_ref.registration import email_key
+from backend_ref.registration import CurrentUserCache, email_key, forget_current_user
 from backend_ref.security import PasswordHasher
 
 PASSWORD = "pw-ann-12345"
@@ -331,3 +333,71 @@ async def test_a_raised_minimum_length_is_enforced_and_64_characters_always_fit(
     r = await client.post("/api/auth/register", json={**body, "password": passphrase})
     assert r.status_code == 201, r.text
     await login(client, password=passphrase)
+
+
+async def test_get_me_cache_serves_within_its_lifetime_and_forget_revokes_at_once(client, ctx, app):
+    user = await register(client)
+    headers = await login(client)
+    assert (await client.get("/api/users/me", headers=headers)).status_code == 200
+    with ctx:
+        await User.filter(id=user["id"]).update(is_active=False)
+    # documented: another process's change shows within current_user_cache_seconds...
+    assert (await client.get("/api/users/me", headers=headers)).status_code == 200
+    # ...writes never use the cache...
+    r = await client.patch("/api/users/me", headers=headers, json={"bio": "x"})
+    assert r.status_code == 401
+    # ...and in the process that makes the change, forgetting makes it immediate
+    forget_current_user(app, user["id"])
+    assert (await client.get("/api/users/me", headers=headers)).status_code == 401
+
+
+async def test_get_me_cache_expires(client, ctx, app):
+    user = await register(client)
+    headers = await login(client)
+    now = [0.0]
+    app.state.current_user_cache = CurrentUserCache(5, clock=lambda: now[0])
+    assert (await client.get("/api/users/me", headers=headers)).status_code == 200
+    with ctx:
+        await User.filter(id=user["id"]).update(is_active=False)
+    now[0] = 5.0
+    assert (await client.get("/api/users/me", headers=headers)).status_code == 401
+
+
+async def test_with_the_cache_off_a_disabled_account_is_refused_at_once(backend, tmp_path):
+    app = create_app(make_settings(backend, tmp_path, current_user_cache_seconds=0))
+    async with app.router.lifespan_context(app):
+        await empty_tables(app.state.tortoise)
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            user = await register(client)
+            headers = await login(client)
+            assert (await client.get("/api/users/me", headers=headers)).status_code == 200
+            with app.state.tortoise:
+                await User.filter(id=user["id"]).update(is_active=False)
+            assert (await client.get("/api/users/me", headers=headers)).status_code == 401
+
+
+async def test_patch_me_shows_at_once_in_a_cached_get_me(client):
+    await register(client)
+    headers = await login(client)
+    assert (await client.get("/api/users/me", headers=headers)).json()["bio"] is None
+    r = await client.patch("/api/users/me", headers=headers, json={"bio": "New bio"})
+    assert r.status_code == 200
+    assert (await client.get("/api/users/me", headers=headers)).json()["bio"] == "New bio"
+
+
+async def test_a_cached_get_me_still_checks_the_token(client, settings):
+    user = await register(client)
+    headers = await login(client)
+    assert (await client.get("/api/users/me", headers=headers)).status_code == 200
+    expired = forged(settings, sub=str(user["id"]))["expired"]
+    r = await client.get("/api/users/me", headers={"Authorization": f"Bearer {expired}"})
+    assert r.status_code == 401
+
+
+async def test_get_me_answers_exactly_the_user_out_schema(client):
+    user = await register(client)
+    headers = await login(client)
+    r = await client.get("/api/users/me", headers=headers)
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == user
