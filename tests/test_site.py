@@ -145,6 +145,9 @@ def test_links_between_pages_resolve():
     index_links = parse(SITE / "index.html").links
     assert "databases.html" in index_links and "app.html" in index_links
     assert "databases.html" in parse(SITE / "app.html").links
+    databases = (SITE / "databases.html").read_text()  # previous and next in reading order
+    assert re.search(r'class="left-prev"\s+href="config.html"', databases)
+    assert re.search(r'class="right-next"\s+href="schemas.html"', databases)
 
 
 def test_the_archive_and_the_feed_list_every_article():
