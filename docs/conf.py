@@ -14,7 +14,7 @@ html_static_path = ["_static", "_mermaid"]  # _mermaid: copied from node_modules
 
 # Notebooks: executed at every build; a failing cell fails the build (and -W makes warnings fail).
 nb_execution_mode = "force"
-nb_execution_raise_on_error = True
+nb_execution_raise_on_error = False  # reported as a warning (with the traceback), which -W makes fatal
 nb_execution_show_tb = True
 nb_execution_timeout = 180
 nb_merge_streams = True
@@ -63,11 +63,19 @@ html_show_sourcelink = False
 html_copy_source = False
 
 
-def _article_slug(app, pagename, templatename, context, doctree):
-    """Mark article pages (ABlog posts) so the comments template renders there only."""
+def _article_context(app, pagename, templatename, context, doctree):
+    """Mark article pages (ABlog posts) so the comments template renders there only, and link
+    each article to the previous and next one in reading order (the home page's toctree)."""
     posts = getattr(app.env, "ablog_posts", {})
     context["article_slug"] = pagename if pagename in posts else None
+    order = [app.config.root_doc, *app.env.toctree_includes.get(app.config.root_doc, [])]
+    if pagename in order:
+        i = order.index(pagename)
+        for key, j in (("prev", i - 1), ("next", i + 1)):
+            if 0 <= j < len(order):
+                link, title = context["pathto"](order[j]), app.env.titles[order[j]].astext()
+                context[key] = {"link": link, "title": title}
 
 
 def setup(app):
-    app.connect("html-page-context", _article_slug)
+    app.connect("html-page-context", _article_context)

@@ -6,24 +6,19 @@ import html
 import json
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from conftest import ROOT, running_server
 
-ROOT = Path(__file__).resolve().parent.parent
 SITE = ROOT / "_site"
 ARTIFACTS = ROOT / "test-artifacts"
 SCREENSHOT = ARTIFACTS / "article-with-comments.png"
 CHROMIUM = Path(os.environ.get("BACKEND_REF_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
-CLI = [sys.executable, "-c", "from backend_ref.app import main; main()"]
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 needs_site = pytest.mark.skipif(
@@ -145,6 +140,9 @@ def test_links_between_pages_resolve():
     index_links = parse(SITE / "index.html").links
     assert "databases.html" in index_links and "app.html" in index_links
     assert "databases.html" in parse(SITE / "app.html").links
+    databases = (SITE / "databases.html").read_text()  # previous and next in reading order
+    assert re.search(r'class="left-prev"\s+href="config.html"', databases)
+    assert re.search(r'class="right-next"\s+href="schemas.html"', databases)
 
 
 def test_the_archive_and_the_feed_list_every_article():
@@ -162,44 +160,16 @@ def test_diagrams_are_in_the_articles():
 # The browser tests: a real server process serving the built site and the API.
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("site-server")
-    port = free_port()
     env = {
-        **os.environ,
         "BACKEND_REF_USERS_DB_URL": f"sqlite://{tmp_path}/users.sqlite3",
         "BACKEND_REF_CONTENT_DB_URL": f"sqlite://{tmp_path}/content.sqlite3",
         "BACKEND_REF_SITE_DIR": str(SITE),
-        "BACKEND_REF_PORT": str(port),
     }
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115
-    process = subprocess.Popen(
-        [*CLI, "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "server did not become healthy in 30 s"
-            time.sleep(0.1)
+    with running_server(tmp_path, env, tmp_path / "server.log") as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
     assert "Traceback" not in (tmp_path / "server.log").read_text()
 
 

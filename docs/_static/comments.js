@@ -168,11 +168,13 @@
   function onSubmit(form, action) {
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      const button = form.querySelector('button[type="submit"]');
-      button.disabled = true;
+      // Nothing in the form can change while it is sent: the reset below clears what was sent.
+      const controls = [...form.querySelectorAll("input, textarea, button")];
+      const data = new FormData(form);
+      for (const control of controls) control.disabled = true;
       showError(form, null);
       try {
-        await action(new FormData(form));
+        await action(data);
         form.reset();
       } catch (error) {
         if (error instanceof ApiError && error.status === 401 && error.code !== "invalid_credentials") {
@@ -182,7 +184,7 @@
           showError(form, error);
         }
       } finally {
-        button.disabled = false;
+        for (const control of controls) control.disabled = false;
       }
     });
   }
