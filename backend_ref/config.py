@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(1, ge=1)
     hash_concurrency: int = Field(0, ge=0)  # parallel hashes; 0 = number of CPU cores
     hash_queue_limit: int = Field(64, ge=1)  # waiting logins beyond this get 503
+    hash_max_wait_seconds: float = Field(5, gt=0)  # a login waiting longer for a hasher gets 503
     hash_thread_niceness: int = Field(10, ge=0, le=19)  # Linux: hashing yields to requests
     current_user_cache_seconds: float = Field(5, ge=0, le=60)  # GET /users/me cache; 0 = off
     host: str = "127.0.0.1"

@@ -53,6 +53,7 @@ class PasswordHasher:
         self._pwd = PasswordHash((argon2,))
         self.concurrency = settings.hash_concurrency or os.cpu_count() or 1
         self.queue_limit = settings.hash_queue_limit
+        self.max_wait = settings.hash_max_wait_seconds
         self._slots = asyncio.Semaphore(self.concurrency)
         self._threads = ThreadPoolExecutor(
             self.concurrency,
@@ -74,8 +75,15 @@ class PasswordHasher:
         self.check_capacity()
         self._waiting += 1
         try:
-            async with self._slots:
+            try:
+                async with asyncio.timeout(self.max_wait):
+                    await self._slots.acquire()
+            except TimeoutError:
+                raise ServiceOverloaded() from None
+            try:
                 return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+            finally:
+                self._slots.release()
         finally:
             self._waiting -= 1
 
