@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(1, ge=1)
     hash_concurrency: int = Field(0, ge=0)  # parallel hashes; 0 = one per usable core
     hash_queue_limit: int = Field(64, ge=1)  # hashes waiting for a thread; more get a 503
+    hash_max_wait_seconds: float = Field(5, gt=0)  # a login waiting longer for a hasher gets 503
     hash_thread_niceness: int = Field(10, ge=0, le=19)  # Linux: hashing yields to requests
     current_user_cache_seconds: float = Field(5, ge=0, le=60)  # GET /users/me cache; 0 = off
     password_min_length: int = Field(8, ge=8, le=64)  # may be raised; 64 must always be allowed

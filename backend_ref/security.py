@@ -62,6 +62,7 @@ class PasswordHasher:
         self._pwd = PasswordHash((argon2,))
         self.concurrency = settings.hash_concurrency or usable_cpus()
         self.queue_limit = settings.hash_queue_limit
+        self.max_wait = settings.hash_max_wait_seconds
         self._pool = ThreadPoolExecutor(
             self.concurrency,
             "password-hash",
@@ -83,7 +84,10 @@ class PasswordHasher:
         self.check_capacity()
         self._waiting += 1
         try:
-            await self._slots.acquire()
+            async with asyncio.timeout(self.max_wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise ServiceOverloaded() from None
         finally:
             self._waiting -= 1
         loop = asyncio.get_running_loop()
