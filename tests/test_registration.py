@@ -386,6 +386,7 @@ async def test_patch_me_shows_at_once_in_a_cached_get_me(client):
     assert (await client.get("/api/users/me", headers=headers)).json()["bio"] == "New bio"
 
 
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # forged() makes one
 async def test_a_cached_get_me_still_checks_the_token(client, settings):
     user = await register(client)
     headers = await login(client)
