@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "sync-articles":
-        count = asyncio.run(_sync_articles(args.nbs_dir, Settings()))
+        with asyncio.Runner() as runner:  # a console command starts its own event loop
+            count = runner.run(_sync_articles(args.nbs_dir, Settings()))
         print(f"synced {count} articles from {args.nbs_dir}/")
         return
     # Command-line options are settings like any other: export them, so the factory that
