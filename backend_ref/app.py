@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from . import __version__, comments, registration
 from .config import Settings
 from .databases import DatabaseContextMiddleware, connect_databases, databases_lifespan
-from .errors import install_error_handlers
+from .errors import BodySizeLimit, install_error_handlers
 from .rate_limits import RateLimiter
 from .security import PasswordHasher
 
@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(DatabaseContextMiddleware)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     for router in (registration.router, comments.router, health_router):
         app.include_router(router)

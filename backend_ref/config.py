@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     create_schemas: bool = True  # create missing tables at start-up
     jwt_secret: SecretStr = SecretStr(PLACEHOLDER_JWT_SECRET)
     access_token_minutes: int = Field(15, ge=1, le=24 * 60)
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     argon2_memory_kib: int = Field(19_456, ge=19_456)  # OWASP floor: 19 MiB, t=2, p=1
     argon2_time_cost: int = Field(2, ge=2)
     argon2_parallelism: int = Field(1, ge=1)

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['logger', 'FieldError', 'ErrorOut', 'error_responses', 'ApiError', 'NotFound', 'Conflict', 'NotAuthenticated',
-           'ServiceOverloaded', 'error_response', 'install_error_handlers']
+           'ServiceOverloaded', 'error_response', 'install_error_handlers', 'BodyTooLarge', 'BodySizeLimit']
 
 # %% ../nbs/03_errors.ipynb #d7039fa5
 import logging
@@ -129,3 +129,39 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+# %% ../nbs/03_errors.ipynb #c7af6fde
+class BodyTooLarge(ApiError):
+    status_code, error, message = 413, "body_too_large", "The request body is too large."
+
+    def __init__(self, limit: int):
+        message = f"At most {limit} bytes are accepted."
+        field = FieldError(field="body", location="body", message=message, type="too_large")
+        super().__init__(fields=[field])
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse request bodies over `max_bytes` with a 413 `ErrorOut`."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            exc = BodyTooLarge(self.max_bytes)
+            body = ErrorOut(error=exc.error, message=exc.message, fields=exc.fields)
+            return await error_response(413, body)(scope, receive, send)
+        received = 0
+
+        async def receive_within_limit():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # a streamed body that lied or said nothing
+                raise BodyTooLarge(self.max_bytes)  # stops the read: FastAPI answers 400
+            return message
+
+        return await self.app(scope, receive_within_limit, send)

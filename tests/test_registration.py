@@ -402,3 +402,12 @@ async def test_get_me_answers_exactly_the_user_out_schema(client):
     r = await client.get("/api/users/me", headers=headers)
     assert r.headers["content-type"] == "application/json"
     assert r.json() == user
+
+
+async def test_a_body_over_the_limit_is_refused_before_it_is_read(client, ctx):
+    body = {"email": "big@example.com", "display_name": "Big", "password": "x" * 2_000_000}
+    r = await client.post("/api/auth/register", json=body)
+    assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
+    assert r.json()["fields"][0]["field"] == "body" and "xxxx" not in r.text
+    with ctx:
+        assert await User.all().count() == 0

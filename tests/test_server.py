@@ -88,3 +88,9 @@ async def test_concurrent_requests_on_keep_alive_connections_all_succeed(server,
     assert [status for batch in batches for status in batch] == [200] * 400
     log = server_log.read_text()
     assert "Traceback" not in log and "Exception" not in log, log[-2000:]
+
+
+async def test_a_large_body_gets_a_413_from_the_real_server(server):
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        r = await http.post("/api/auth/register", content=b"{" + b" " * 2_000_000 + b"}")
+    assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
