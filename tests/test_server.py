@@ -94,3 +94,12 @@ async def test_a_large_body_gets_a_413_from_the_real_server(server):
     async with httpx.AsyncClient(base_url=server, timeout=10) as http:
         r = await http.post("/api/auth/register", content=b"{" + b" " * 2_000_000 + b"}")
     assert (r.status_code, r.json()["error"]) == (413, "body_too_large")
+
+
+async def test_every_response_carries_the_security_headers(server):
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        for path in ("/api/health", "/api/nowhere", "/api/articles/Bad_Slug"):
+            r = await http.get(path)
+            assert r.headers["x-content-type-options"] == "nosniff", path
+            assert r.headers["x-frame-options"] == "DENY", path
+            assert r.headers["referrer-policy"] == "same-origin", path
