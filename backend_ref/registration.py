@@ -103,7 +103,7 @@ async def get_current_user(
     if not token:
         raise NotAuthenticated()
     user_id = decode_access_token(token, settings)
-    user = await User.get_or_none(id=user_id) if 0 < user_id < 2**31 else None
+    user = await User.get_or_none(id=user_id)
     if user is None or not user.is_active:
         raise InvalidToken()
     return user
@@ -126,10 +126,12 @@ class CurrentUserCache:
         self._entries: dict[int, tuple[float, bytes]] = {}
 
     def get(self, user_id: int) -> bytes | None:
-        entry = self._entries.get(user_id)
-        if entry is None or entry[0] > self._clock():
-            return None if entry is None else entry[1]
-        self._entries.pop(user_id, None)  # expired
+        if (entry := self._entries.get(user_id)) is None:
+            return None
+        expires, body = entry
+        if expires > self._clock():
+            return body
+        del self._entries[user_id]  # expired
         return None
 
     def put(self, user_id: int, body: bytes) -> None:
@@ -168,8 +170,7 @@ USER_OUT_FIELDS = tuple(UserOut.model_fields)
 
 async def user_out_json(user_id: int) -> bytes:
     """`UserOut` of the active user `user_id` as JSON, from one narrow read; `InvalidToken` if none."""
-    query = User.filter(id=user_id).first().values(*USER_OUT_FIELDS)
-    row = await query if 0 < user_id < 2**31 else None
+    row = await User.filter(id=user_id).first().values(*USER_OUT_FIELDS)
     if row is None or not row["is_active"]:
         raise InvalidToken()
     return UserOut.model_validate(row).model_dump_json().encode()

@@ -192,6 +192,9 @@ def decode_access_token(token: str, settings: Settings) -> int:
         )
         if claims["typ"] != "access":
             raise InvalidToken()
-        return int(claims["sub"])
+        user_id = int(claims["sub"])
+        if not 0 < user_id < 2**31:  # ids are 32-bit: anything else names no user
+            raise InvalidToken()
+        return user_id
     except (jwt.InvalidTokenError, ValueError, TypeError):
         raise InvalidToken() from None
