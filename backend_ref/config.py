@@ -34,8 +34,10 @@ class Settings(BaseSettings):
     users_db_url: SecretStr = SecretStr("sqlite://data/users.sqlite3")  # accounts live here
     content_db_url: SecretStr = SecretStr("sqlite://data/content.sqlite3")  # articles, comments
     create_schemas: bool = True  # create missing tables at start-up
-    jwt_secret: SecretStr = SecretStr(PLACEHOLDER_JWT_SECRET)
-    access_token_minutes: int = Field(15, ge=1, le=24 * 60)
+    jwt_secret: SecretStr = SecretStr(PLACEHOLDER_JWT_SECRET)  # signs new tokens
+    jwt_previous_secrets: list[SecretStr] = []  # still verify tokens they signed (key rotation)
+    access_token_minutes: int = Field(15, ge=1, le=60)  # short: an access token is not revocable
+    refresh_token_days: int = Field(14, ge=1, le=90)  # a login session idle longer ends
     max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     argon2_memory_kib: int = Field(19_456, ge=19_456)  # OWASP floor: 19 MiB, t=2, p=1
     argon2_time_cost: int = Field(2, ge=2)
@@ -53,9 +55,31 @@ class Settings(BaseSettings):
     login_limit_per_address: str = "30/minute"  # login attempts from one client address
     login_failures_per_account: str = "5/minute"  # failed logins for one account from one address
     register_limit_per_address: str = "10/hour"  # registrations from one client address
+    refresh_limit_per_address: str = "60/minute"  # token refreshes from one client address
+    email_limit_per_address: str = "10/hour"  # forgot-password and verification mails asked for
+    email_limit_per_account: str = "3/hour"  # mails to one address, whoever asks
+    registration_mode: Literal["plain", "enumeration_safe"] = "plain"  # 201/409, or 202 always
+    require_verified_email: bool = False  # refuse login until the email is verified
+    verify_token_hours: int = Field(48, ge=1, le=24 * 7)  # life of an email verification link
+    reset_token_minutes: int = Field(30, ge=5, le=60)  # life of a password reset link
+    public_url: str = "http://127.0.0.1:8000"  # links in emails start here, never at Host:
+    mail_backend: Literal["outbox", "smtp"] = "outbox"  # outbox: files a developer can read
+    outbox_dir: Path = Path("data/outbox")  # where the outbox writes .eml files
+    mail_from: str = "backend-ref <no-reply@localhost>"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"  # "none" only on loopback
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout_seconds: float = Field(10, gt=0)
 
     @field_validator(
-        "login_limit_per_address", "login_failures_per_account", "register_limit_per_address"
+        "login_limit_per_address",
+        "login_failures_per_account",
+        "register_limit_per_address",
+        "refresh_limit_per_address",
+        "email_limit_per_address",
+        "email_limit_per_account",
     )
     @classmethod
     def _parses_as_rate_limit(cls, value: str) -> str:
@@ -74,8 +98,11 @@ class Settings(BaseSettings):
         if self.environment == "production":
             if secret == PLACEHOLDER_JWT_SECRET:
                 raise ValueError("BACKEND_REF_JWT_SECRET must be set in production")
-            if len(secret) < 32:
-                raise ValueError("BACKEND_REF_JWT_SECRET must be at least 32 characters")
+            keys = [self.jwt_secret, *self.jwt_previous_secrets]
+            if min(len(key.get_secret_value()) for key in keys) < 32:
+                raise ValueError("JWT secrets must be at least 32 characters in production")
+        if self.smtp_security == "none" and self.smtp_host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("BACKEND_REF_SMTP_SECURITY=none is only allowed for a loopback relay")
         return self
 
 # %% ../nbs/00_config.ipynb #9583ed90

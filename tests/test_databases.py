@@ -16,7 +16,7 @@ from backend_ref.databases import Article, User, table_names, user_exists
 
 
 async def test_each_table_lives_only_in_its_own_database(ctx):
-    assert await table_names(ctx.db("users")) == {"users"}
+    assert await table_names(ctx.db("users")) == {"users", "refresh_tokens", "account_tokens"}
     assert await table_names(ctx.db("content")) == {"articles", "comments"}
 
 

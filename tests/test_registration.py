@@ -19,7 +19,16 @@ PASSWORD = "pw-ann-12345"
 
 async def test_register_login_me(client):
     user = await register(client)
-    assert set(user) == {"id", "email", "display_name", "bio", "is_active", "created_at"}
+    assert set(user) == {
+        "id",
+        "email",
+        "display_name",
+        "bio",
+        "is_active",
+        "email_verified",
+        "is_superuser",
+        "created_at",
+    }
     headers = await login(client, email="ANN@example.com")
     r = await client.get("/api/users/me", headers=headers)
     assert r.status_code == 200 and r.json() == user
