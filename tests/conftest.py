@@ -15,7 +15,7 @@ from tortoise.context import TortoiseContext
 
 from backend_ref.app import create_app
 from backend_ref.config import Settings
-from backend_ref.databases import Article, Comment, User
+from backend_ref.databases import AccountToken, Article, Comment, RefreshToken, User
 
 # A server URL prefix per backend; the suite uses the databases <prefix>_users and <prefix>_content.
 # .ci/run sets both and creates the databases; on a machine without them those tests skip.
@@ -39,6 +39,9 @@ GENEROUS_LIMITS = {
     "login_limit_per_address": "10000/minute",
     "login_failures_per_account": "10000/minute",
     "register_limit_per_address": "10000/minute",
+    "refresh_limit_per_address": "10000/minute",
+    "email_limit_per_address": "10000/minute",
+    "email_limit_per_account": "10000/minute",
 }
 
 
@@ -56,6 +59,7 @@ def make_settings(backend: str, tmp_path, **overrides) -> Settings:
         environment="test",
         users_db_url=users,
         content_db_url=content,
+        outbox_dir=tmp_path / "outbox",
         **{**GENEROUS_LIMITS, **overrides},
     )
 
@@ -65,6 +69,8 @@ async def empty_tables(ctx: TortoiseContext) -> None:
     with ctx:
         await Comment.all().delete()
         await Article.all().delete()
+        await RefreshToken.all().delete()
+        await AccountToken.all().delete()
         await User.all().delete()
 
 
