@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 
-from . import __version__, comments, registration
+from . import __version__, comments, registration, sessions
 from .config import Settings
 from .databases import DatabaseContextMiddleware, connect_databases, databases_lifespan
 from .errors import BodySizeLimit, install_error_handlers
@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     install_error_handlers(app)
-    for router in (registration.router, comments.router, health_router):
+    for router in (registration.router, sessions.router, comments.router, health_router):
         app.include_router(router)
     if (Path(settings.site_dir) / "index.html").is_file():
         app.mount("/", StaticFiles(directory=settings.site_dir, html=True), name="site")

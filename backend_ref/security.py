@@ -4,10 +4,12 @@
 
 # %% auto #0
 __all__ = ['HasherDep', 'JWT_ALGORITHM', 'normalize_password', 'usable_cpus', 'PasswordHasher', 'get_hasher', 'WeakPassword',
-           'PasswordPolicy', 'InvalidToken', 'create_access_token', 'decode_access_token']
+           'PasswordPolicy', 'InvalidToken', 'key_id', 'verification_keys', 'AccessClaims', 'create_access_token',
+           'decode_access_token']
 
 # %% ../nbs/04_security.ipynb #28f7a022
 import asyncio
+import hashlib
 import os
 import secrets
 import sys
@@ -17,12 +19,13 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import jwt
 from fastapi import Depends, Request
 from pwdlib import PasswordHash
 from pwdlib.hashers.argon2 import Argon2Hasher
+from pydantic import SecretStr
 from zxcvbn import zxcvbn
 
 from .config import Settings
@@ -169,32 +172,68 @@ class InvalidToken(NotAuthenticated):
     error, message = "invalid_token", "The access token is invalid or expired."
 
 
-def create_access_token(user_id: int, settings: Settings, now: datetime | None = None) -> str:
+def key_id(secret: SecretStr) -> str:
+    """A public name for a signing key: 16 hex digits of a digest of it."""
+    return hashlib.sha256(b"backend-ref jwt kid:" + secret.get_secret_value().encode()).hexdigest()[
+        :16
+    ]
+
+
+def verification_keys(settings: Settings) -> dict[str, str]:
+    """Every key a token may be signed with, by key id: the current one and the previous ones."""
+    keys = [settings.jwt_secret, *settings.jwt_previous_secrets]
+    return {key_id(key): key.get_secret_value() for key in reversed(keys)}
+
+
+class AccessClaims(NamedTuple):
+    """What a valid access token says."""
+
+    user_id: int
+    version: int  # the user's token_version when issued
+    session: str | None  # the login session (refresh token family), if any
+
+
+def create_access_token(
+    user_id: int,
+    settings: Settings,
+    version: int = 0,  # the user's current `token_version`
+    session: str | None = None,  # the login session it belongs to
+    now: datetime | None = None,
+) -> str:
     """A signed access token for `user_id`, valid for `settings.access_token_minutes`."""
     now = now or datetime.now(UTC)
     claims = {
         "sub": str(user_id),
         "iat": now,
+        "nbf": now,
         "exp": now + timedelta(minutes=settings.access_token_minutes),
         "typ": "access",
+        "ver": version,
     }
-    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm=JWT_ALGORITHM)
+    if session is not None:
+        claims["sid"] = session
+    headers = {"kid": key_id(settings.jwt_secret)}
+    secret = settings.jwt_secret.get_secret_value()
+    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM, headers=headers)
 
 
-def decode_access_token(token: str, settings: Settings) -> int:
-    """The user id in a valid access token; `InvalidToken` for anything else."""
+def decode_access_token(token: str, settings: Settings) -> AccessClaims:
+    """The claims of a valid access token; `InvalidToken` for anything else."""
     try:
+        secret = verification_keys(settings).get(jwt.get_unverified_header(token).get("kid"))
+        if secret is None:
+            raise InvalidToken()
         claims = jwt.decode(
             token,
-            settings.jwt_secret.get_secret_value(),
+            secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "sub", "typ"]},
+            options={"require": ["exp", "iat", "nbf", "sub", "typ", "ver"]},
         )
-        if claims["typ"] != "access":
+        user_id, version, session = int(claims["sub"]), claims["ver"], claims.get("sid")
+        if claims["typ"] != "access" or not 0 < user_id < 2**31:  # ids are 32-bit
             raise InvalidToken()
-        user_id = int(claims["sub"])
-        if not 0 < user_id < 2**31:  # ids are 32-bit: anything else names no user
+        if type(version) is not int or not (session is None or isinstance(session, str)):
             raise InvalidToken()
-        return user_id
-    except (jwt.InvalidTokenError, ValueError, TypeError):
+        return AccessClaims(user_id, version, session)
+    except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError):
         raise InvalidToken() from None
