@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['bearer_token', 'CurrentUser', 'BearerToken', 'CurrentUserCacheDep', 'USER_OUT_FIELDS', 'router', 'EmailTaken',
-           'email_key', 'register_user', 'InvalidCredentials', 'authenticate', 'get_current_user', 'CurrentUserCache',
-           'current_user_cache', 'forget_current_user', 'get_current_user_cache', 'user_out_json', 'register',
-           'read_me', 'update_me']
+           'email_key', 'register_user', 'InvalidCredentials', 'authenticate', 'get_current_user', 'session_is_live',
+           'CurrentUserCache', 'current_user_cache', 'forget_current_user', 'get_current_user_cache', 'user_out_json',
+           'register', 'read_me', 'update_me']
 
 # %% ../nbs/07_registration.ipynb #d4f12f45
 import hashlib
@@ -20,7 +20,7 @@ from fastapi.security import OAuth2PasswordBearer
 from tortoise.exceptions import IntegrityError
 
 from .config import SettingsDep
-from .databases import User
+from .databases import RefreshToken, User
 from .errors import Conflict, NotAuthenticated, error_responses
 from .rate_limits import ClientAddress, LimiterDep
 from .schemas import PASSWORD_MAX_LENGTH, UserIn, UserOut, UserUpdate, normalize_email
@@ -104,7 +104,14 @@ async def get_current_user(
     user = await User.get_or_none(id=claims.user_id)
     if user is None or not user.is_active or user.token_version != claims.version:
         raise InvalidToken()
+    if claims.session is not None and not await session_is_live(user.id, claims.session):
+        raise InvalidToken()  # logged out
     return user
+
+
+async def session_is_live(user_id: int, session: str) -> bool:
+    """Whether login session `session` of `user_id` still has refresh tokens not revoked."""
+    return await RefreshToken.filter(user_id=user_id, family=session, revoked_at=None).exists()
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
@@ -121,24 +128,24 @@ class CurrentUserCache:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.seconds, self.max_entries, self._clock = seconds, max_entries, clock
-        self._entries: dict[int, tuple[float, int, bytes]] = {}
+        self._entries: dict[int, tuple[float, int, str | None, bytes]] = {}
 
-    def get(self, user_id: int, version: int) -> bytes | None:
-        """The cached answer for a token of `version`, or None (read the row)."""
+    def get(self, user_id: int, version: int, session: str | None) -> bytes | None:
+        """The cached answer for a token of this version and session, or None (read the row)."""
         if (entry := self._entries.get(user_id)) is None:
             return None
-        expires, cached_version, body = entry
+        expires, cached_version, cached_session, body = entry
         if expires <= self._clock():
             del self._entries[user_id]  # expired
             return None
-        return body if cached_version == version else None
+        return body if (cached_version, cached_session) == (version, session) else None
 
-    def put(self, user_id: int, version: int, body: bytes) -> None:
+    def put(self, user_id: int, version: int, session: str | None, body: bytes) -> None:
         if self.seconds <= 0:
             return
         if len(self._entries) >= self.max_entries:
             self._entries.pop(next(iter(self._entries)))
-        self._entries[user_id] = (self._clock() + self.seconds, version, body)
+        self._entries[user_id] = (self._clock() + self.seconds, version, session, body)
 
     def invalidate(self, user_id: int) -> None:
         """Forget `user_id` now: call it after disabling the account or changing its password."""
@@ -167,11 +174,14 @@ CurrentUserCacheDep = Annotated[CurrentUserCache, Depends(get_current_user_cache
 USER_OUT_FIELDS = tuple(UserOut.model_fields)
 
 
-async def user_out_json(user_id: int, version: int) -> bytes:
+async def user_out_json(user_id: int, version: int, session: str | None) -> bytes:
     """`UserOut` of the active user `user_id` as JSON, from one narrow read; `InvalidToken` if none."""
-    row = await User.filter(id=user_id).first().values(*USER_OUT_FIELDS, "token_version")
+    query = User.filter(id=user_id)
+    if session is not None:  # and the session was not logged out: one join, same query
+        query = query.filter(refresh_tokens__family=session, refresh_tokens__revoked_at=None)
+    row = await query.first().values(*USER_OUT_FIELDS, "token_version")
     if row is None or not row["is_active"] or row.pop("token_version") != version:
-        raise InvalidToken()  # no such user, disabled, or all their sessions were ended
+        raise InvalidToken()  # no such user or session, disabled, or all sessions were ended
     return UserOut.model_validate(row).model_dump_json().encode()
 
 # %% ../nbs/07_registration.ipynb #92358bff
@@ -202,11 +212,11 @@ async def read_me(request: Request, token: BearerToken) -> Response:
     """The signed-in user (cached for `current_user_cache_seconds`, see above)."""
     if not token:
         raise NotAuthenticated()
-    user_id, version, _ = decode_access_token(token, request.app.state.settings)
+    user_id, version, session = decode_access_token(token, request.app.state.settings)
     cache = current_user_cache(request.app)  # not dependencies: each one costs (make bench)
-    if (body := cache.get(user_id, version)) is None:
-        body = await user_out_json(user_id, version)
-        cache.put(user_id, version, body)
+    if (body := cache.get(user_id, version, session)) is None:
+        body = await user_out_json(user_id, version, session)
+        cache.put(user_id, version, session, body)
     return Response(body, media_type="application/json")
 
 

@@ -200,11 +200,12 @@ async def refresh(
 
 
 @router.post("/auth/logout", status_code=204, tags=["auth"], responses=error_responses(422))
-async def logout(data: RefreshIn) -> None:
+async def logout(data: RefreshIn, request: Request) -> None:
     """End the session this refresh token belongs to (any token: the answer is always 204)."""
     token = data.refresh_token.get_secret_value()
     if row := await RefreshToken.get_or_none(token_hash=hash_token(token)):
         await revoke_family(row.family)
+        forget_current_user(request.app, row.user_id)
 
 
 @router.post("/auth/logout-all", status_code=204, tags=["auth"], responses=error_responses(401))

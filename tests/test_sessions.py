@@ -101,10 +101,18 @@ async def test_refresh_for_a_disabled_user_fails_and_ends_the_session(client, ct
 async def test_logout_ends_one_session_and_is_idempotent(client):
     await register(client)
     phone, laptop = await token_pair(client), await token_pair(client)
+    assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 200  # cached
     for _ in range(2):
         r = await client.post("/api/auth/logout", json={"refresh_token": phone["refresh_token"]})
         assert r.status_code == 204 and r.content == b""
     assert (await refresh(client, phone)).status_code == 401
+    # the session's access token died with it, on the cached read and on a write
+    assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 401
+    r = await client.patch("/api/users/me", headers=bearer(phone), json={"bio": "x"})
+    assert r.status_code == 401
+    # the other session is untouched, and does not revive the first one through the cache
+    assert (await client.get("/api/users/me", headers=bearer(laptop))).status_code == 200
+    assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 401
     assert (await refresh(client, laptop)).status_code == 200
     r = await client.post("/api/auth/logout", json={"refresh_token": "never-issued"})
     assert r.status_code == 204
