@@ -285,6 +285,43 @@ def test_readers_register_log_in_comment_and_see_each_other(reader, browser, ser
     assert SCREENSHOT.stat().st_size > 10_000
 
 
+def test_an_expired_access_token_is_refreshed_once_and_logout_ends_the_session(reader, server):
+    """The page renews its access token with the refresh token, and "Log out" tells the server."""
+    from playwright.sync_api import expect
+
+    comments = open_article(reader, server, slug="sessions")
+    register(comments, "cy@example.com", "Cy")
+    expect(comments.locator("[data-role=me]")).to_have_text("Cy")
+
+    expired = {"error": "invalid_token", "message": "The access token is invalid or expired."}
+    refused = []
+
+    def expire_once(route):  # the server's answer to an expired access token, once
+        if route.request.method == "POST" and not refused:
+            refused.append(route.request.url)
+            route.fulfill(status=401, json=expired, headers={"WWW-Authenticate": "Bearer"})
+        else:
+            route.continue_()
+
+    reader.route("**/api/articles/sessions/comments", expire_once)
+    with reader.expect_response("**/api/auth/refresh") as refresh:
+        post(comments, "Posted after a silent refresh.")
+    assert refresh.value.status == 200 and refused
+    expect(comments.locator(".br-comment .br-body")).to_have_text(
+        ["Posted after a silent refresh."]
+    )
+    expect(comments.locator("[data-role=me]")).to_have_text("Cy")  # still signed in
+
+    with reader.expect_response("**/api/auth/logout") as logout:
+        comments.get_by_role("button", name="Log out").click()
+    assert logout.value.status == 204
+    sent = json.loads(logout.value.request.post_data)
+    assert set(sent) == {"refresh_token"}
+    r = httpx.post(f"{server}/api/auth/refresh", json=sent)  # the session is over on the server
+    assert (r.status_code, r.json()["error"]) == (401, "invalid_refresh_token")
+    expect(comments.locator("form[data-role=login]")).to_be_visible()
+
+
 def test_comments_are_text_never_html(reader, server):
     from playwright.sync_api import expect
 

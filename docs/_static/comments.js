@@ -2,8 +2,11 @@
 // Plain JavaScript, no dependencies. Safe by construction:
 // - text from the API is only ever written with textContent (never innerHTML), so a comment
 //   that contains <script> or <img onerror=...> is shown as typed;
-// - the access token lives in the `token` variable below and nowhere else (no cookie, no
-//   localStorage): a reload logs the reader out;
+// - the tokens live in the `token` and `refreshToken` variables below and nowhere else (no
+//   cookie, no localStorage): a reload logs the reader out;
+// - an expired access token is renewed with the refresh token, one refresh at a time (two
+//   refreshes with one token look like theft to the server, which then ends the session);
+// - "Log out" ends the session on the server, not only in the page;
 // - every API error is turned into a sentence for the reader.
 (() => {
   "use strict";
@@ -20,6 +23,8 @@
   const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
   let token = null; // the access token: in memory only
+  let refreshToken = null; // the refresh token: in memory only too
+  let refreshing = null; // the refresh in flight, shared by every caller
   let after = 0; // keyset cursor: the id of the last comment shown
   let total = 0; // comments on the article, as last counted by the API
 
@@ -32,7 +37,39 @@
     }
   }
 
-  async function call(path, { method = "GET", json, form, auth = false } = {}) {
+  // One API call; with `auth`, an expired access token is refreshed once and the call retried.
+  async function call(path, options = {}) {
+    try {
+      return await send(path, options);
+    } catch (error) {
+      const expired =
+        error instanceof ApiError && error.status === 401 && error.code === "invalid_token";
+      if (!(options.auth && expired && refreshToken)) throw error;
+      await refreshSession();
+      return await send(path, options);
+    }
+  }
+
+  function keep(answer) {
+    token = answer.access_token;
+    refreshToken = answer.refresh_token;
+  }
+
+  function refreshSession() {
+    if (!refreshing) {
+      refreshing = send("/auth/refresh", { method: "POST", json: { refresh_token: refreshToken } })
+        .then(keep, (error) => {
+          token = refreshToken = null;
+          throw error;
+        })
+        .finally(() => {
+          refreshing = null;
+        });
+    }
+    return refreshing;
+  }
+
+  async function send(path, { method = "GET", json, form, auth = false } = {}) {
     const headers = { Accept: "application/json" };
     let body;
     if (json !== undefined) {
@@ -68,6 +105,10 @@
         return error.code === "invalid_credentials"
           ? "Wrong email or password."
           : "Your session has ended. Please log in again.";
+      case 403:
+        return error.code === "email_not_verified"
+          ? "Please verify your email address first: we sent you a link."
+          : "You are not allowed to do that.";
       case 404:
         return "This page is not open for comments.";
       case 409:
@@ -153,15 +194,19 @@
   }
 
   function logOut() {
-    token = null;
+    const presented = refreshToken;
+    token = refreshToken = null;
     part("me").textContent = "";
     part("signed-in").hidden = true;
     part("signed-out").hidden = false;
+    if (presented) {
+      // End the session on the server too; the page is signed out whatever the answer.
+      send("/auth/logout", { method: "POST", json: { refresh_token: presented } }).catch(() => {});
+    }
   }
 
   async function logIn(username, password) {
-    const answer = await call("/auth/token", { method: "POST", form: { username, password } });
-    token = answer.access_token;
+    keep(await call("/auth/token", { method: "POST", form: { username, password } }));
     await showSignedIn();
   }
 
