@@ -1,6 +1,7 @@
 """Rate limits on login and registration: per address, per account, shared through Redis."""
 
 import asyncio
+import contextlib
 import os
 import uuid
 
@@ -103,15 +104,21 @@ REDIS = os.environ.get("BACKEND_REF_TEST_REDIS_URL")
 @pytest.mark.skipif(not REDIS, reason="BACKEND_REF_TEST_REDIS_URL is not set: no Redis to share")
 async def test_two_server_processes_share_one_count_through_redis(tmp_path):
     env = {
-        "BACKEND_REF_USERS_DB_URL": f"sqlite://{tmp_path}/users.sqlite3",
-        "BACKEND_REF_CONTENT_DB_URL": f"sqlite://{tmp_path}/content.sqlite3",
         "BACKEND_REF_REDIS_URL": REDIS,
         "BACKEND_REF_REDIS_KEY_PREFIX": f"backend-ref-test-{uuid.uuid4().hex}",
         "BACKEND_REF_REGISTER_LIMIT_PER_ADDRESS": "4/hour",
     }
+
+    def own_databases(name: str) -> dict[str, str]:  # only the count is shared, not SQLite files
+        return {
+            **env,
+            "BACKEND_REF_USERS_DB_URL": f"sqlite://{tmp_path}/{name}-users.sqlite3",
+            "BACKEND_REF_CONTENT_DB_URL": f"sqlite://{tmp_path}/{name}-content.sqlite3",
+        }
+
     with (
-        running_server(tmp_path, env, tmp_path / "first.log") as first,
-        running_server(tmp_path, env, tmp_path / "second.log") as second,
+        running_server(tmp_path, own_databases("first"), tmp_path / "first.log") as first,
+        running_server(tmp_path, own_databases("second"), tmp_path / "second.log") as second,
     ):
         async with httpx.AsyncClient(timeout=10) as http:
 
@@ -166,3 +173,35 @@ def test_serving_beyond_loopback_with_the_placeholder_secret_is_refused(tmp_path
     )
     assert done.returncode != 0
     assert "JWT_SECRET must be set to serve beyond this machine" in done.stderr
+
+
+@pytest.mark.skipif(not REDIS, reason="BACKEND_REF_TEST_REDIS_URL is not set: no Redis to share")
+async def test_failed_logins_are_counted_once_across_processes(tmp_path):
+    """Guesses spread over two servers meet one per-account limit, held in Redis."""
+    prefix = f"backend-ref-test-{uuid.uuid4().hex}"
+    servers = []
+    with contextlib.ExitStack() as stack:
+        for name in ("first", "second"):
+            env = {
+                "BACKEND_REF_REDIS_URL": REDIS,
+                "BACKEND_REF_REDIS_KEY_PREFIX": prefix,
+                "BACKEND_REF_LOGIN_FAILURES_PER_ACCOUNT": "4/minute",
+                "BACKEND_REF_USERS_DB_URL": f"sqlite://{tmp_path}/{name}-users.sqlite3",
+                "BACKEND_REF_CONTENT_DB_URL": f"sqlite://{tmp_path}/{name}-content.sqlite3",
+            }
+            log = tmp_path / f"{name}.log"
+            servers.append(stack.enter_context(running_server(tmp_path, env, log)))
+        async with httpx.AsyncClient(timeout=10) as http:
+            account = {"email": "ann@example.com", "display_name": "Ann", "password": PASSWORD}
+            for base in servers:  # the same account in each server's own database
+                r = await http.post(f"{base}/api/auth/register", json=account)
+                assert r.status_code == 201
+            statuses = []
+            for i in range(6):
+                form = {"username": "ann@example.com", "password": f"wrong-guess-{i}"}
+                r = await http.post(f"{servers[i % 2]}/api/auth/token", data=form)
+                statuses.append(r.status_code)
+            right = {"username": "ann@example.com", "password": PASSWORD}
+            blocked = await http.post(f"{servers[0]}/api/auth/token", data=right)
+    assert statuses == [401] * 4 + [429] * 2  # 2 + 2 failures, not 4 per process
+    assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
