@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr = SecretStr(PLACEHOLDER_JWT_SECRET)  # signs new tokens
     jwt_previous_secrets: list[SecretStr] = []  # still verify tokens they signed (key rotation)
     access_token_minutes: int = Field(15, ge=1, le=60)  # short: an access token is not revocable
-    refresh_token_days: int = Field(14, ge=1, le=90)  # a login session idle longer ends
+    refresh_token_days: int = Field(14, ge=1, le=90)  # a login session's absolute lifetime
+    session_idle_hours: int = Field(72, ge=1, le=90 * 24)  # unused this long, a session ends
     max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
     argon2_memory_kib: int = Field(19_456, ge=19_456)  # OWASP floor: 19 MiB, t=2, p=1
     argon2_time_cost: int = Field(2, ge=2)

@@ -53,7 +53,8 @@ class RefreshToken(Model):
     family = fields.CharField(max_length=32, db_index=True)  # one login session's chain
     token_hash = fields.CharField(max_length=64, unique=True)
     token_version = fields.IntField()  # the user's token_version when issued
-    expires_at = fields.DatetimeField()
+    expires_at = fields.DatetimeField()  # idle limit: this token must be used before then
+    session_ends_at = fields.DatetimeField()  # the family's absolute end, however often used
     used_at = fields.DatetimeField(null=True)  # rotated: presenting it again is theft
     revoked_at = fields.DatetimeField(null=True)  # logged out, or the family was revoked
     created_at = fields.DatetimeField(auto_now_add=True)

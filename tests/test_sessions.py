@@ -5,6 +5,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +40,7 @@ async def test_login_returns_a_pair_stored_only_as_a_digest(client, ctx):
     user = await register(client)
     pair = await token_pair(client)
     assert pair["token_type"] == "bearer" and pair["expires_in"] == 15 * 60
-    assert pair["refresh_expires_in"] == 14 * 86400
+    assert pair["refresh_expires_in"] == 72 * 3600  # the idle limit
     with ctx:
         row = await RefreshToken.get(user_id=user["id"])
     assert row.token_hash == hash_token(pair["refresh_token"])
@@ -84,6 +85,20 @@ async def test_expired_refresh_token(client, ctx):
     with ctx:
         await RefreshToken.all().update(expires_at=datetime.now(UTC) - timedelta(seconds=1))
     assert (await refresh(client, pair)).status_code == 401
+
+
+async def test_a_refreshed_session_never_outlives_its_absolute_end(client, ctx):
+    await register(client)
+    pair = await token_pair(client)
+    with ctx:
+        row = await RefreshToken.get(token_hash=hash_token(pair["refresh_token"]))
+        assert (row.session_ends_at - row.created_at).days in (13, 14)
+        await RefreshToken.all().update(session_ends_at=datetime.now(UTC) + timedelta(hours=1))
+    renewed = (await refresh(client, pair)).json()
+    assert 0 < renewed["refresh_expires_in"] <= 3600  # capped by the session's end, not 72 h
+    with ctx:
+        row = await RefreshToken.get(token_hash=hash_token(renewed["refresh_token"]))
+        assert row.expires_at <= row.session_ends_at
 
 
 async def test_refresh_for_a_disabled_user_fails_and_ends_the_session(client, ctx):
@@ -404,3 +419,25 @@ async def test_key_rotation_keeps_sessions(backend, tmp_path):
                     pair = await token_pair(client)
                     header = jwt.get_unverified_header(pair["access_token"])
                     assert header["kid"] == key_id(after.jwt_secret) != key_id(before.jwt_secret)
+
+
+async def test_authentication_events_are_logged_without_secrets(client, caplog):
+    user = await register(client)
+    caplog.set_level(logging.INFO, logger="backend_ref.sessions")
+    form = {"username": "ann@example.com", "password": "hunter2-guessed-wrong"}
+    assert (await client.post("/api/auth/token", data=form)).status_code == 401
+    pair = await token_pair(client)
+    await refresh(client, pair)
+    assert (await refresh(client, pair)).status_code == 401  # a replay
+    pair = await token_pair(client)
+    body = {"current_password": PASSWORD, "new_password": "another long passphrase"}
+    pair = (await client.post("/api/users/me/password", headers=bearer(pair), json=body)).json()
+    await client.post("/api/auth/logout", json={"refresh_token": pair["refresh_token"]})
+    messages = [r.getMessage() for r in caplog.records if r.name == "backend_ref.sessions"]
+    expected = ["login failed", "login: user=", "reused", "password changed", "logout: user="]
+    for part in expected:
+        assert any(part in m for m in messages), (part, messages)
+    assert any(f"user={user['id']}" in m for m in messages)
+    for secret in ["hunter2", PASSWORD, "another long passphrase", "ann@example.com"]:
+        assert not any(secret in m for m in messages), secret
+    assert not any(pair["refresh_token"] in m or pair["access_token"] in m for m in messages)
