@@ -420,3 +420,16 @@ async def test_a_body_over_the_limit_is_refused_before_it_is_read(client, ctx):
     assert r.json()["fields"][0]["field"] == "body" and "xxxx" not in r.text
     with ctx:
         assert await User.all().count() == 0
+
+
+async def test_long_passwords_are_never_truncated(client):
+    """ASVS 6.2.8/6.2.9: 64+ characters work, and every character counts (no 72-byte cut)."""
+    password = "correct horse battery staple " * 4 + "end"
+    assert len(password) > 100
+    await register(client, email="long@example.com", password=password)
+    for wrong in (password[:72], password[:-1], password + "!"):
+        r = await client.post(
+            "/api/auth/token", data={"username": "long@example.com", "password": wrong}
+        )
+        assert r.status_code == 401
+    await login(client, email="long@example.com", password=password)

@@ -86,6 +86,17 @@ def foreign(url: str) -> bool:
     return bool(parts.netloc) and parts.hostname not in LOOPBACK
 
 
+def test_password_fields_are_masked_and_let_password_managers_fill_them():
+    """ASVS 6.2.6 and 6.2.7: type=password, and no attribute that blocks paste or autofill."""
+    page = (SITE / "databases.html").read_text(encoding="utf-8")
+    fields = re.findall(r"<input[^>]*name=\"password\"[^>]*>", page)
+    assert len(fields) == 2, fields  # log in, register
+    for field in fields:
+        assert 'type="password"' in field
+        assert re.search(r'autocomplete="(current|new)-password"', field)
+        assert "onpaste" not in field and 'autocomplete="off"' not in field
+
+
 def test_pages_load_nothing_from_another_host():
     problems = []
     for page in pages():
