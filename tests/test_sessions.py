@@ -441,3 +441,90 @@ async def test_authentication_events_are_logged_without_secrets(client, caplog):
     for secret in ["hunter2", PASSWORD, "another long passphrase", "ann@example.com"]:
         assert not any(secret in m for m in messages), secret
     assert not any(pair["refresh_token"] in m or pair["access_token"] in m for m in messages)
+
+
+def session_id(pair: dict) -> str:
+    return jwt.decode(pair["access_token"], options={"verify_signature": False})["sid"]
+
+
+async def end_session(client, pair, sid, password=PASSWORD) -> httpx.Response:
+    url = f"/api/auth/sessions/{sid}/end"
+    return await client.post(url, headers=bearer(pair), json={"password": password})
+
+
+async def test_the_session_list_shows_live_sessions_only(client):
+    await register(client)
+    phone, laptop, gone = [await token_pair(client) for _ in range(3)]
+    phone = (await refresh(client, phone)).json()  # a refreshed session is listed once
+    await client.post("/api/auth/logout", json={"refresh_token": gone["refresh_token"]})
+    r = await client.get("/api/auth/sessions", headers=bearer(laptop))
+    assert r.status_code == 200
+    listed = {s["id"]: s for s in r.json()}
+    assert set(listed) == {session_id(phone), session_id(laptop)}
+    assert listed[session_id(laptop)]["current"] and not listed[session_id(phone)]["current"]
+    refreshed = listed[session_id(phone)]
+    assert refreshed["started_at"] < refreshed["last_used_at"] < refreshed["expires_at"]
+    for secret in (phone["refresh_token"], laptop["refresh_token"], phone["access_token"]):
+        assert secret not in r.text
+
+
+async def test_ending_a_session_by_id(client):
+    await register(client)
+    phone, laptop = await token_pair(client), await token_pair(client)
+    r = await end_session(client, laptop, session_id(phone))
+    assert r.status_code == 204
+    assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 401
+    assert (await refresh(client, phone)).status_code == 401
+    assert (await client.get("/api/users/me", headers=bearer(laptop))).status_code == 200
+    again = await end_session(client, laptop, session_id(phone))
+    assert (again.status_code, again.json()["error"]) == (404, "session_not_found")
+    r = await end_session(client, laptop, session_id(laptop))  # one's own session: a logout
+    assert r.status_code == 204
+    assert (await client.get("/api/users/me", headers=bearer(laptop))).status_code == 401
+
+
+async def test_nobody_ends_another_users_session(client):
+    await register(client)
+    await register(client, email="bob@example.com", password="pw-bob-12345", name="Bob")
+    ann = await token_pair(client)
+    bob = await token_pair(client, "bob@example.com", "pw-bob-12345")
+    r = await end_session(client, bob, session_id(ann), password="pw-bob-12345")
+    unknown = await end_session(client, bob, secrets.token_hex(16), password="pw-bob-12345")
+    assert r.status_code == unknown.status_code == 404
+    assert r.content == unknown.content
+    assert (await client.get("/api/users/me", headers=bearer(ann))).status_code == 200
+    r = await client.get("/api/auth/sessions", headers=bearer(bob))
+    assert [s["id"] for s in r.json()] == [session_id(bob)]
+
+
+@pytest.mark.parametrize(
+    "sid, body, status, field",
+    [
+        ("0" * 31, {"password": PASSWORD}, 422, "session_id"),
+        ("G" * 32, {"password": PASSWORD}, 422, "session_id"),
+        (None, {}, 422, "password"),
+        (None, {"password": "p" * 1025}, 422, "password"),
+        (None, {"password": "wrong-password-1"}, 400, "password"),
+    ],
+)
+async def test_ending_a_session_bad_input(client, sid, body, status, field):
+    await register(client)
+    phone, laptop = await token_pair(client), await token_pair(client)
+    url = f"/api/auth/sessions/{sid or session_id(phone)}/end"
+    r = await client.post(url, headers=bearer(laptop), json=body)
+    assert (r.status_code, r.json()["fields"][0]["field"]) == (status, field)
+    assert "wrong-password-1" not in r.text and "p" * 1025 not in r.text
+    assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 200
+
+
+async def test_session_routes_need_a_valid_access_token(client):
+    await register(client)
+    pair = await token_pair(client)
+    for r in (
+        await client.get("/api/auth/sessions"),
+        await client.post(
+            f"/api/auth/sessions/{session_id(pair)}/end", json={"password": PASSWORD}
+        ),
+        await client.get("/api/auth/sessions", headers={"Authorization": "Bearer nope"}),
+    ):
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
