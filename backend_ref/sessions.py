@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['logger', 'router', 'NO_STORE', 'TokenOut', 'hash_token', 'issue_tokens', 'InvalidRefreshToken', 'revoke_family',
-           'rotate_refresh_token', 'end_all_sessions', 'EmailNotVerified', 'WrongPassword', 'confirm_password',
-           'RefreshIn', 'PasswordChangeIn', 'login_account', 'password_context', 'login', 'refresh', 'logout',
-           'logout_all', 'change_password', 'SessionOut', 'SessionEndIn', 'SessionNotFound', 'list_sessions',
+           'rotate_refresh_token', 'end_all_sessions', 'purge_spent_tokens', 'EmailNotVerified', 'WrongPassword',
+           'confirm_password', 'RefreshIn', 'PasswordChangeIn', 'login_account', 'password_context', 'login', 'refresh',
+           'logout', 'logout_all', 'change_password', 'SessionOut', 'SessionEndIn', 'SessionNotFound', 'list_sessions',
            'read_sessions', 'end_session']
 
 # %% ../nbs/08_sessions.ipynb #9b8ca84e
@@ -20,7 +20,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from tortoise.expressions import F
+from tortoise.expressions import F, Q
 from tortoise.functions import Min
 from tortoise.transactions import in_transaction
 
@@ -131,6 +131,15 @@ async def end_all_sessions(app: FastAPI | None, user_id: int) -> None:
         await resets.delete()
     if app is not None:
         forget_current_user(app, user_id)
+
+
+async def purge_spent_tokens(now: datetime | None = None) -> tuple[int, int]:
+    """Delete tokens that can never be accepted again; (refresh tokens, account tokens) deleted."""
+    now = now or datetime.now(UTC)
+    spent = RefreshToken.filter(Q(revoked_at__not_isnull=True) | Q(session_ends_at__lte=now))
+    refresh_tokens = await spent.delete()
+    account_tokens = await AccountToken.filter(expires_at__lte=now).delete()
+    return refresh_tokens, account_tokens
 
 # %% ../nbs/08_sessions.ipynb #ff39dc64
 class EmailNotVerified(ApiError):

@@ -17,7 +17,7 @@ from conftest import login, make_settings, register
 from backend_ref.app import create_app
 from backend_ref.databases import AccountToken, RefreshToken, User
 from backend_ref.security import create_access_token, key_id
-from backend_ref.sessions import hash_token
+from backend_ref.sessions import hash_token, purge_spent_tokens
 
 PASSWORD = "pw-ann-12345"
 
@@ -528,3 +528,34 @@ async def test_session_routes_need_a_valid_access_token(client):
         await client.get("/api/auth/sessions", headers={"Authorization": "Bearer nope"}),
     ):
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+async def test_purge_keeps_what_reuse_detection_needs(client, ctx):
+    user = await register(client)
+    first = await token_pair(client)
+    second = (await refresh(client, first)).json()  # first is used, second is the live head
+    ended = await token_pair(client)
+    await client.post("/api/auth/logout", json={"refresh_token": ended["refresh_token"]})
+    old = await token_pair(client)
+    now = datetime.now(UTC)
+    with ctx:
+        await RefreshToken.filter(token_hash=hash_token(old["refresh_token"])).update(
+            session_ends_at=now - timedelta(seconds=1)
+        )
+        fresh = await AccountToken.create(
+            user_id=user["id"],
+            purpose="reset_password",
+            token_hash="a" * 64,
+            expires_at=now + timedelta(minutes=5),
+        )
+        await AccountToken.create(
+            user_id=user["id"],
+            purpose="reset_password",
+            token_hash="b" * 64,
+            expires_at=now - timedelta(minutes=5),
+        )
+        assert await purge_spent_tokens() == (2, 1)  # the logged-out and the ended session
+        assert [t.id for t in await AccountToken.all()] == [fresh.id]
+        assert await RefreshToken.filter(user_id=user["id"]).count() == 2
+    assert (await refresh(client, first)).status_code == 401  # a replay is still recognised...
+    assert (await refresh(client, second)).status_code == 401  # ...and ends its session
