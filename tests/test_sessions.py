@@ -202,7 +202,7 @@ async def test_password_change_ends_other_sessions_and_reset_links(client, ctx):
         (
             {"current_password": PASSWORD, "new_password": "ann@example.com"},
             422,
-            "password",
+            "new_password",  # the body field that holds the weak password
             "weak_password",
         ),
         ({"current_password": PASSWORD}, 422, "new_password", "validation_failed"),
