@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     create_schemas: bool = True  # create missing tables at start-up
     jwt_secret: SecretStr = SecretStr(PLACEHOLDER_JWT_SECRET)  # signs new tokens
     jwt_previous_secrets: list[SecretStr] = []  # still verify tokens they signed (key rotation)
+    jwt_audience: str = Field("backend-ref", min_length=1)  # `aud`: tokens meant for this API
     access_token_minutes: int = Field(15, ge=1, le=60)  # short: an access token is not revocable
     refresh_token_days: int = Field(14, ge=1, le=90)  # a login session's absolute lifetime
     session_idle_hours: int = Field(72, ge=1, le=90 * 24)  # unused this long, a session ends

@@ -247,6 +247,7 @@ def create_access_token(
         "exp": now + timedelta(minutes=settings.access_token_minutes),
         "typ": "access",
         "ver": version,
+        "aud": settings.jwt_audience,
     }
     if session is not None:
         claims["sid"] = session
@@ -265,7 +266,8 @@ def decode_access_token(token: str, settings: Settings) -> AccessClaims:
             token,
             secret,
             algorithms=[JWT_ALGORITHM],
-            options={"require": ["exp", "iat", "nbf", "sub", "typ", "ver"]},
+            audience=settings.jwt_audience,
+            options={"require": ["exp", "iat", "nbf", "sub", "typ", "ver", "aud"]},
         )
         user_id, version, session = int(claims["sub"]), claims["ver"], claims.get("sid")
         if claims["typ"] != "access" or not 0 < user_id < 2**31:  # ids are 32-bit

@@ -88,6 +88,7 @@ async def test_a_deleted_account_token_is_refused(client, ctx):
 def forged(settings, **claims):
     now = datetime.now(UTC)
     base = {"sub": "1", "iat": now, "exp": now + timedelta(minutes=5), "typ": "access"}
+    base["aud"] = settings.jwt_audience
     secret = settings.jwt_secret.get_secret_value()
     return {
         "alg none": jwt.encode({**base, **claims}, None, algorithm="none"),

@@ -300,6 +300,7 @@ def _claims(user_id: int, **changes) -> dict:
         "exp": now + timedelta(minutes=5),
         "typ": "access",
         "ver": 0,
+        "aud": "backend-ref",
     }
     return {k: v for k, v in {**claims, **changes}.items() if v is not None}
 
@@ -341,6 +342,9 @@ def forged_tokens(settings, user_id: int, refresh_token: str) -> dict[str, str]:
         "reset token as access": secrets.token_urlsafe(32),
         "typ refresh": sign(_claims(user_id, typ="refresh")),
         "typ reset": sign(_claims(user_id, typ="reset_password")),
+        "no audience": sign(_claims(user_id, aud=None)),
+        "other audience": sign(_claims(user_id, aud="another-service")),
+        "audience list without ours": sign(_claims(user_id, aud=["a", "b"])),
         "old version": sign(_claims(user_id, ver=-1)),
         "version as text": sign(_claims(user_id, ver="0")),
         "sub not a number": sign(_claims(user_id, sub="admin")),
@@ -368,6 +372,13 @@ async def test_token_attacks_are_401_bearer(client, settings, ctx):
             assert r.json()["error"] in ("invalid_token", "not_authenticated"), name
     # the real token still works: none of the above was refused for another reason
     assert (await client.get("/api/users/me", headers=bearer(pair))).status_code == 200
+    # ...and so does a hand-made one with nothing changed: each forgery fails for its own reason
+    kid = {"kid": key_id(settings.jwt_secret)}
+    control = jwt.encode(
+        _claims(user["id"]), settings.jwt_secret.get_secret_value(), "HS256", headers=kid
+    )
+    r = await client.get("/api/users/me", headers={"Authorization": f"Bearer {control}"})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize(
