@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     current_user_cache_seconds: float = Field(5, ge=0, le=60)  # GET /users/me cache; 0 = off
     password_min_length: int = Field(8, ge=8, le=64)  # may be raised; 64 must always be allowed
     password_min_score: int = Field(3, ge=0, le=4)  # zxcvbn score a new password needs (0-4)
+    password_context_words: list[str] = ["backend-ref", "backend ref"]  # your site's own names
     breached_password_api: str | None = None  # a Pwned Passwords range API; None = no check
     breached_password_timeout_seconds: float = Field(3, gt=0, le=30)  # then: fail open
     forwarded_allow_ips: str | None = None  # proxies trusted for X-Forwarded-For; None = none

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import secrets
 import sys
 import threading
@@ -143,6 +144,7 @@ class PasswordPolicy:
     min_length: int = 8
     min_score: int = 3  # zxcvbn, 0 (guessable) to 4 (very unguessable)
     breached: "BreachedPasswords | None" = None  # also refuse passwords seen in breaches
+    context_words: tuple[str, ...] = ()  # the site's own names: as guessable as the user's
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "PasswordPolicy":
@@ -150,18 +152,27 @@ class PasswordPolicy:
         if settings.breached_password_api:
             timeout = settings.breached_password_timeout_seconds
             breached = BreachedPasswords(settings.breached_password_api, timeout)
-        return cls(settings.password_min_length, settings.password_min_score, breached)
+        words = tuple(settings.password_context_words)
+        return cls(settings.password_min_length, settings.password_min_score, breached, words)
 
     def problem(self, password: str, context: list[str]) -> tuple[str, str] | None:
         """(error type, reason) if the password is not acceptable, else None."""
         password = normalize_password(password)
         if len(password) < self.min_length:
             return "password_too_short", f"Use at least {self.min_length} characters."
-        estimate = zxcvbn(password[:72], user_inputs=[c for c in context if c][:10])
+        estimate = zxcvbn(password[:72], user_inputs=self.guessable_words(context))
         if estimate["score"] < self.min_score:
             warning = estimate["feedback"]["warning"] or "This password is too easy to guess."
             return "password_too_weak", warning
         return None
+
+    def guessable_words(self, context: list[str]) -> list[str]:
+        """The user's and the site's words, each also split and joined ("Acme Widgets": 4)."""
+        words = []
+        for word in (*context, *self.context_words):
+            parts = re.split(r"[\s._+\-]+", word)
+            words += [word, "".join(parts), *parts]
+        return [word for word in dict.fromkeys(words) if word][:50]
 
     async def check(self, password: str, context: list[str], field: str = "password") -> None:
         """Raise `WeakPassword`, naming the `field`, if the password is not acceptable."""

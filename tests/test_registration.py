@@ -345,6 +345,17 @@ async def test_a_raised_minimum_length_is_enforced_and_64_characters_always_fit(
     await login(client, password=passphrase)
 
 
+async def test_the_sites_own_words_are_refused_in_passwords(client, app):
+    body = {"email": "ann@example.com", "display_name": "Ann", "password": "acmewidgets2026!"}
+    words = {"password_context_words": ["Acme Widgets"]}
+    app.state.settings = app.state.settings.model_copy(update=words)
+    r = await client.post("/api/auth/register", json=body)
+    assert (r.status_code, r.json()["fields"][0]["type"]) == (422, "password_too_weak")
+    assert "acmewidgets2026!" not in r.text
+    app.state.settings = app.state.settings.model_copy(update={"password_context_words": []})
+    assert (await client.post("/api/auth/register", json=body)).status_code == 201
+
+
 async def test_get_me_cache_serves_within_its_lifetime_and_forget_revokes_at_once(client, ctx, app):
     user = await register(client)
     headers = await login(client)
