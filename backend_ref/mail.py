@@ -120,7 +120,9 @@ async def run_logged(description: str, job: Callable[..., Awaitable[None]], *arg
         logger.warning("%s failed: %s", description, type(exc).__name__)
 
 
-def send_later(tasks: BackgroundTasks, description: str, job: Callable[..., Awaitable[None]], *args) -> None:
+def send_later(
+    tasks: BackgroundTasks, description: str, job: Callable[..., Awaitable[None]], *args
+) -> None:
     """Run `job(*args)` after the response is sent; failures are logged, never raised."""
     tasks.add_task(run_logged, description, job, *args)
 
@@ -181,7 +183,9 @@ def token_from_link(text: str, purpose: str) -> str | None:
     return None
 
 # %% ../nbs/06_mail.ipynb #2374df4d
-async def send_verification_email(mailer: Mailer, settings: Settings, user_id: int, to: str) -> None:
+async def send_verification_email(
+    mailer: Mailer, settings: Settings, user_id: int, to: str
+) -> None:
     """Issue a verification token for `user_id` and mail its link to `to`."""
     lifetime = timedelta(hours=settings.verify_token_hours)
     token = await issue_account_token(user_id, "verify_email", lifetime)

@@ -60,7 +60,9 @@ async def register_user(
     key = email_key(data.email)
     if await User.filter(email_key=key).exists():
         raise EmailTaken()
-    await (policy or PasswordPolicy()).check(data.password.get_secret_value(), registration_context(data))
+    await (policy or PasswordPolicy()).check(
+        data.password.get_secret_value(), registration_context(data)
+    )
     password_hash = await hasher.hash(data.password.get_secret_value())
     try:
         return await User.create(
