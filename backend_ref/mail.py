@@ -67,7 +67,7 @@ class OutboxMailer:
         return self.directory / name
 
     async def send(self, message: EmailMessage) -> None:
-        await asyncio.to_thread(self._write, message.as_bytes(policy=email.policy.SMTP))
+        await asyncio.to_thread(self._write, message.as_bytes(policy=email.policy.default))
 
 
 def read_outbox(directory: Path) -> list[EmailMessage]:
