@@ -277,3 +277,26 @@ async def test_tokens_never_reach_the_log(client, settings, caplog):
         assert (await reset(client, token)).status_code == 204
     assert token not in caplog.text and NEW_PASSWORD not in caplog.text
     assert "password reset, every session ended" in caplog.text
+
+
+async def test_the_owner_is_told_when_the_password_changes(client, settings):
+    await register(client)
+    token = await ask_reset(client, settings)
+    assert (await reset(client, token)).status_code == 204
+    notice = mails(settings)[-1]
+    assert (notice["To"], notice["Subject"]) == ("ann@example.com", "Your password was changed")
+    assert "#token=" not in notice.get_content() and NEW_PASSWORD not in notice.get_content()
+    access = {
+        "Authorization": f"Bearer {(await log_in(client, NEW_PASSWORD)).json()['access_token']}"
+    }
+    body = {"current_password": NEW_PASSWORD, "new_password": "the changed passphrase"}
+    before = len(mails(settings))
+    r = await client.post("/api/users/me/password", headers=access, json=body)
+    assert r.status_code == 200
+    assert [m["Subject"] for m in mails(settings)[before:]] == ["Your password was changed"]
+    access = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    body = {"current_password": "not the password", "new_password": "one more passphrase"}
+    before = len(mails(settings))
+    r = await client.post("/api/users/me/password", headers=access, json=body)
+    assert r.status_code == 400
+    assert len(mails(settings)) == before  # a refused change sends nothing
