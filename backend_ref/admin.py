@@ -5,7 +5,8 @@
 # %% auto #0
 __all__ = ['logger', 'SuperUser', 'ADMIN_USER_FIELDS', 'AdminUserOut', 'router', 'UserId', 'NotSuperuser', 'get_superuser',
            'UserPage', 'list_users', 'CannotDisableSelf', 'UserNotFound', 'disable_user', 'enable_user', 'read_users',
-           'disable', 'enable', 'ensure_superuser', 'read_password', 'create_superuser_command']
+           'disable', 'enable', 'end_sessions', 'send_reset', 'ensure_superuser', 'read_password',
+           'create_superuser_command']
 
 # %% ../nbs/10_admin.ipynb #eb7bae80
 import getpass
@@ -13,13 +14,15 @@ import logging
 import sys
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Path, Query, Request
 from pydantic import BaseModel, ValidationError
 from tortoise.contrib.pydantic import pydantic_model_creator
 from tortoise.transactions import in_transaction
 
 from .config import Settings
 from .databases import User, connect_databases
+from .config import SettingsDep
+from .mail import MailerDep, send_later
 from .errors import ApiError, Conflict, NotFound, error_responses
 from backend_ref.registration import (
     CurrentUser,
@@ -32,6 +35,7 @@ from backend_ref.registration import (
 from .schemas import PASSWORD_MAX_LENGTH, UserIn
 from .security import PasswordHasher, PasswordPolicy, WeakPassword
 from .sessions import end_all_sessions
+from .verification import MailAccepted, send_reset_email
 
 # %% ../nbs/10_admin.ipynb #ab5ff1dd
 logger = logging.getLogger(__name__)  # admin actions: ids only, never emails or tokens
@@ -138,6 +142,37 @@ async def disable(user_id: UserId, admin: SuperUser, request: Request) -> AdminU
 async def enable(user_id: UserId, admin: SuperUser, request: Request) -> AdminUserOut:
     """Let a disabled account log in again."""
     return AdminUserOut.model_validate(await enable_user(request.app, admin.id, user_id))
+
+# %% ../nbs/10_admin.ipynb #a9d21d0b
+@router.post(
+    "/users/{user_id}/end-sessions", status_code=204, responses=error_responses(401, 403, 404, 422)
+)
+async def end_sessions(user_id: UserId, admin: SuperUser, request: Request) -> None:
+    """End every session of an account now (access and refresh tokens, reset links)."""
+    if not await User.filter(id=user_id).exists():
+        raise UserNotFound()
+    await end_all_sessions(request.app, user_id)
+    logger.info("admin ended every session of a user: admin=%s user=%s", admin.id, user_id)
+
+
+@router.post(
+    "/users/{user_id}/send-reset", status_code=202, responses=error_responses(401, 403, 404, 422)
+)
+async def send_reset(
+    user_id: UserId,
+    admin: SuperUser,
+    settings: SettingsDep,
+    mailer: MailerDep,
+    tasks: BackgroundTasks,
+) -> MailAccepted:
+    """Mail the account's owner a password reset link; the admin never sees the password."""
+    user = await User.get_or_none(id=user_id)
+    if user is None:
+        raise UserNotFound()
+    if user.is_active:
+        send_later(tasks, "reset mail", send_reset_email, mailer, settings, user.id, user.email)
+    logger.info("admin sent a password reset: admin=%s user=%s", admin.id, user_id)
+    return MailAccepted()
 
 # %% ../nbs/10_admin.ipynb #d19b9c7f
 async def ensure_superuser(

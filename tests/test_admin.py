@@ -12,6 +12,7 @@ from conftest import CLI, login, make_settings, register
 from backend_ref.app import main
 from backend_ref.config import Settings
 from backend_ref.databases import AccountToken, RefreshToken, User
+from backend_ref.mail import read_outbox, token_from_link
 from backend_ref.security import create_access_token
 
 PASSWORD = "pw-ann-12345"
@@ -54,6 +55,8 @@ def admin_routes(user_id: int) -> list[tuple[str, str]]:
         ("GET", "/api/admin/users"),
         ("POST", f"/api/admin/users/{user_id}/disable"),
         ("POST", f"/api/admin/users/{user_id}/enable"),
+        ("POST", f"/api/admin/users/{user_id}/end-sessions"),
+        ("POST", f"/api/admin/users/{user_id}/send-reset"),
     ]
 
 
@@ -494,3 +497,42 @@ def test_invalid_settings_exit_with_the_reason_not_a_traceback(sqlite_env, monke
             main(argv)
         assert "invalid settings" in str(exited.value)
         assert "access_token_minutes" in str(exited.value)
+
+
+async def test_an_admin_ends_every_session_of_a_user_who_keeps_the_password(client, ctx):
+    admin = await make_superuser(client, ctx)
+    ann = await register(client)
+    pairs = [await token_pair(client), await token_pair(client)]
+    r = await client.post(f"/api/admin/users/{ann['id']}/end-sessions", headers=auth(admin))
+    assert r.status_code == 204
+    for pair in pairs:
+        assert (await client.get("/api/users/me", headers=bearer(pair))).status_code == 401
+        r = await client.post("/api/auth/refresh", json={"refresh_token": pair["refresh_token"]})
+        assert r.status_code == 401
+    await token_pair(client)  # the password still works
+    assert (await client.get("/api/users/me", headers=auth(admin))).status_code == 200
+    r = await client.post("/api/admin/users/999999/end-sessions", headers=auth(admin))
+    assert (r.status_code, r.json()["error"]) == (404, "user_not_found")
+
+
+async def test_an_admin_starts_a_reset_without_ever_seeing_the_password(client, ctx, settings):
+    admin = await make_superuser(client, ctx)
+    ann = await register(client)
+    before = len(read_outbox(settings.outbox_dir))
+    r = await client.post(f"/api/admin/users/{ann['id']}/send-reset", headers=auth(admin))
+    assert r.status_code == 202 and "#token=" not in r.text
+    (mail,) = read_outbox(settings.outbox_dir)[before:]
+    assert mail["To"] == "ann@example.com"
+    token = token_from_link(mail.get_content(), "reset_password")
+    assert token and token not in r.text
+    body = {"token": token, "new_password": "chosen by ann alone"}
+    assert (await client.post("/api/auth/reset-password", json=body)).status_code == 204
+    await token_pair(client, password="chosen by ann alone")
+    with ctx:
+        await User.filter(id=ann["id"]).update(is_active=False)
+    before = len(read_outbox(settings.outbox_dir))
+    r = await client.post(f"/api/admin/users/{ann['id']}/send-reset", headers=auth(admin))
+    assert r.status_code == 202
+    assert len(read_outbox(settings.outbox_dir)) == before  # nothing for a disabled account
+    r = await client.post("/api/admin/users/999999/send-reset", headers=auth(admin))
+    assert r.status_code == 404
