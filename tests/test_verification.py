@@ -300,3 +300,17 @@ async def test_the_owner_is_told_when_the_password_changes(client, settings):
     r = await client.post("/api/users/me/password", headers=access, json=body)
     assert r.status_code == 400
     assert len(mails(settings)) == before  # a refused change sends nothing
+
+
+async def test_a_disabled_account_cannot_verify_its_address(client, ctx, settings):
+    user = await register(client)
+    token = last_token(settings, "verify_email")
+    with ctx:
+        await User.filter(id=user["id"]).update(is_active=False)
+    r = await client.post("/api/auth/verify-email", json={"token": token})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_token")
+    with ctx:
+        assert not (await User.get(id=user["id"])).email_verified
+        await User.filter(id=user["id"]).update(is_active=True)
+    r = await client.post("/api/auth/verify-email", json={"token": token})
+    assert r.status_code == 204  # the refused try did not spend the link
