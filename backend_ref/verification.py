@@ -117,7 +117,6 @@ async def forgot_password(
         logger.info("password reset asked: user=%s address=%s", user.id, address)
     return MailAccepted()
 
-
 # %% ../nbs/09_verification.ipynb #e1c28d1c
 @router.post("/reset-password", status_code=204, responses=error_responses(400, 422, 503))
 async def reset_password(
@@ -144,7 +143,6 @@ async def reset_password(
     await end_all_sessions(request.app, user.id)
     logger.info("password reset, every session ended: user=%s", user.id)
     send_later(tasks, "password notice", send_password_changed_notice, mailer, settings, user.email)
-
 
 # %% ../nbs/09_verification.ipynb #67fad394
 @router.post("/verify-email", status_code=204, responses=error_responses(400, 422))
