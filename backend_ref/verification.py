@@ -11,7 +11,7 @@ import logging
 from datetime import timedelta
 
 from fastapi import APIRouter, BackgroundTasks, Request
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from tortoise.transactions import in_transaction
 
 from .config import Settings, SettingsDep
@@ -39,6 +39,8 @@ from .sessions import end_all_sessions, password_context
 class EmailIn(BaseModel):
     """An email address to send a link to."""
 
+    model_config = ConfigDict(extra="forbid")  # a field we do not know is a mistake: 422
+
     email: str = Field(max_length=254)
 
     _email = field_validator("email")(normalize_email)
@@ -46,6 +48,8 @@ class EmailIn(BaseModel):
 
 class TokenIn(BaseModel):
     """The token of a mailed link."""
+
+    model_config = ConfigDict(extra="forbid")
 
     token: SecretStr = Field(min_length=1, max_length=200)
 

@@ -243,6 +243,8 @@ async def test_mail_requests_are_limited_per_inbox_alike_for_unknown_addresses(b
         ("/api/auth/request-verification", {"email": "x" * 300 + "@example.com"}, "email"),
         ("/api/auth/verify-email", {}, "token"),
         ("/api/auth/verify-email", {"token": 12}, "token"),
+        ("/api/auth/forgot-password", {"email": "ann@example.com", "admin": True}, "admin"),
+        ("/api/auth/verify-email", {"token": "abc", "user_id": 1}, "user_id"),
         ("/api/auth/reset-password", {"token": "abc"}, "new_password"),
         ("/api/auth/reset-password", {"token": "abc", "new_password": "short"}, "new_password"),
         ("/api/auth/reset-password", {"token": "t" * 201, "new_password": NEW_PASSWORD}, "token"),
