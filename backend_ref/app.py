@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['health_router', 'SECURITY_HEADERS', 'COMMANDS', 'HealthOut', 'health', 'notebook_slug', 'notebook_articles',
-           'site_articles', 'SecurityHeaders', 'create_app', 'main']
+           'site_articles', 'SecurityHeaders', 'SiteMount', 'create_app', 'main']
 
 # %% ../nbs/90_app.ipynb #6aa2f863
 import argparse
@@ -20,6 +20,8 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Match, Mount
+from starlette.types import Scope
 from pydantic import BaseModel, ValidationError
 
 from . import __version__, admin, comments, registration, sessions, verification
@@ -108,6 +110,16 @@ class SecurityHeaders:
 
         await self.app(scope, receive, send_with_headers)
 
+# %% ../nbs/90_app.ipynb #447c52f4
+class SiteMount(Mount):
+    """A mount at `/` for the built site that leaves every path under `/api` to the API."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if path == "/api" or path.startswith("/api/"):
+            return Match.NONE, {}
+        return super().matches(scope)
+
 # %% ../nbs/90_app.ipynb #a3e4ccfc
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The backend-ref API. Reads `Settings()` from the environment unless given settings."""
@@ -144,7 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (*routers, comments.router, health_router):
         app.include_router(router)
     if (Path(settings.site_dir) / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=settings.site_dir, html=True), name="site")
+        site = StaticFiles(directory=settings.site_dir, html=True)
+        app.router.routes.append(SiteMount("/", app=site, name="site"))
     return app
 
 # %% ../nbs/90_app.ipynb #7d6565f5
