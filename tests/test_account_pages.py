@@ -11,7 +11,7 @@ import httpx
 import pytest
 import test_site
 from conftest import GENEROUS_LIMITS, running_server
-from test_site import SITE, needs_site, open_article, parse
+from test_site import ARTIFACTS, SITE, needs_site, open_article, parse
 
 from backend_ref.mail import LINK_PATHS, read_outbox, token_from_link
 
@@ -165,6 +165,25 @@ def test_an_unverified_reader_gets_the_link_again_from_the_comments_box(reader, 
 
     form.get_by_role("button", name="Log in").click()  # the same form, now verified
     expect(comments.locator("[data-role=me]")).to_have_text("Uma")
+
+
+def test_registering_in_the_comments_box_offers_the_link_again(reader, server, outbox):
+    """Registration mails a link and signs straight in, which a verified-only site refuses."""
+    from playwright.sync_api import expect
+
+    comments = open_article(reader, server, "registration")
+    form = comments.locator("form[data-role=register]")
+    form.get_by_label("Email").fill("reg@example.com")
+    form.get_by_label("Display name").fill("Reg")
+    form.get_by_label("Password").fill(PASSWORD)
+    form.get_by_role("button", name="Register").click()
+    expect(form.locator("[data-role=error]")).to_contain_text("Please verify your email address")
+    form.get_by_role("button", name="Send the link again").click()
+    expect(form.locator("[data-role=status]")).to_have_text(f"{ACCEPTED} Check your inbox.")
+    assert next_link(outbox, "reg@example.com", "verify_email", seen=1)  # the second link
+    ARTIFACTS.mkdir(exist_ok=True)
+    comments.get_by_role("button", name="Forgot your password?").click()
+    comments.screenshot(path=ARTIFACTS / "comments-forgot-password.png")
 
 
 def test_a_reset_link_sets_a_new_password_and_ends_every_session(reader, server, outbox):
