@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['health_router', 'SECURITY_HEADERS', 'COMMANDS', 'HealthOut', 'health', 'notebook_slug', 'notebook_articles',
-           'site_articles', 'SecurityHeaders', 'SiteMount', 'create_app', 'main']
+           'site_articles', 'SecurityHeaders', 'SiteMount', 'create_app', 'log_config', 'main']
 
 # %% ../nbs/90_app.ipynb #6aa2f863
 import argparse
 import asyncio
+import copy
 import json
 import os
 import re
@@ -20,9 +21,9 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ValidationError
 from starlette.routing import Match, Mount
 from starlette.types import Scope
-from pydantic import BaseModel, ValidationError
 
 from . import __version__, admin, comments, registration, sessions, verification
 from .config import Settings
@@ -220,6 +221,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_config() -> dict:
+    """uvicorn's logging, plus the app's loggers at INFO, with time, level and logger name."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["app"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["app"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "app",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["backend_ref"] = {"handlers": ["app"], "level": "INFO", "propagate": False}
+    return config
+
+
 def main(argv: list[str] | None = None) -> None:
     """`backend-ref serve`, `sync-articles`, `create-superuser` and `purge-tokens`."""
     args = _parser().parse_args(argv)
@@ -244,4 +258,5 @@ def main(argv: list[str] | None = None) -> None:
         reload=args.reload,
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        log_config=log_config(),
     )

@@ -136,3 +136,20 @@ async def test_the_site_at_the_root_leaves_api_errors_to_the_api(
     assert r.json()["error"] in ("not_found", "method_not_allowed")
     if allow:
         assert {m.strip() for m in r.headers["allow"].split(",")} == allow
+
+
+async def test_the_server_logs_account_events_with_time_level_and_logger(server, server_log):
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        body = {"email": "logged@example.com", "display_name": "L", "password": "a long passphrase"}
+        assert (await http.post("/api/auth/register", json=body)).status_code == 201
+        form = {"username": "logged@example.com", "password": "a long passphrase"}
+        assert (await http.post("/api/auth/token", data=form)).status_code == 200
+        form["password"] = "a wrong passphrase"
+        assert (await http.post("/api/auth/token", data=form)).status_code == 401
+    await asyncio.sleep(0.2)  # the server writes its log lines as it goes
+    log = server_log.read_text()
+    lines = [line for line in log.splitlines() if " backend_ref.sessions: " in line]
+    assert any(" INFO backend_ref.sessions: login: user=" in line for line in lines), log
+    assert any(" WARNING backend_ref.sessions: login failed: " in line for line in lines), log
+    assert all(line[:4].isdigit() for line in lines)  # starts with the date and time
+    assert "a long passphrase" not in log and "a wrong passphrase" not in log
