@@ -280,7 +280,8 @@ async def change_password(
         user, data.current_password, "current_password", hasher, limiter, address
     )
     new_password = data.new_password.get_secret_value()
-    await PasswordPolicy.from_settings(settings).check(new_password, password_context(user))
+    policy = PasswordPolicy.from_settings(settings)
+    await policy.check(new_password, password_context(user), field="new_password")
     user.password_hash = await hasher.hash(new_password)
     await user.save(update_fields=["password_hash"])
     await end_all_sessions(request.app, user.id)

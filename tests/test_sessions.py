@@ -170,7 +170,9 @@ async def test_password_change_ends_other_sessions_and_reset_links(client, ctx):
         assert (await client.get("/api/users/me", headers=bearer(old))).status_code == 401
         assert (await refresh(client, old)).status_code == 401
     with ctx:
-        assert not await AccountToken.filter(user_id=user["id"]).exists()
+        # the reset link died; the verification link mailed at registration lives on
+        assert not await AccountToken.filter(user_id=user["id"], purpose="reset_password").exists()
+        assert await AccountToken.filter(user_id=user["id"], purpose="verify_email").exists()
     r = await client.post(
         "/api/auth/token", data={"username": "ann@example.com", "password": PASSWORD}
     )
@@ -202,7 +204,7 @@ async def test_password_change_ends_other_sessions_and_reset_links(client, ctx):
         (
             {"current_password": PASSWORD, "new_password": "ann@example.com"},
             422,
-            "password",
+            "new_password",  # the body field that holds the weak password
             "weak_password",
         ),
         ({"current_password": PASSWORD}, 422, "new_password", "validation_failed"),
@@ -300,6 +302,7 @@ def _claims(user_id: int, **changes) -> dict:
         "exp": now + timedelta(minutes=5),
         "typ": "access",
         "ver": 0,
+        "aud": "backend-ref",
     }
     return {k: v for k, v in {**claims, **changes}.items() if v is not None}
 
@@ -341,6 +344,9 @@ def forged_tokens(settings, user_id: int, refresh_token: str) -> dict[str, str]:
         "reset token as access": secrets.token_urlsafe(32),
         "typ refresh": sign(_claims(user_id, typ="refresh")),
         "typ reset": sign(_claims(user_id, typ="reset_password")),
+        "no audience": sign(_claims(user_id, aud=None)),
+        "other audience": sign(_claims(user_id, aud="another-service")),
+        "audience list without ours": sign(_claims(user_id, aud=["a", "b"])),
         "old version": sign(_claims(user_id, ver=-1)),
         "version as text": sign(_claims(user_id, ver="0")),
         "sub not a number": sign(_claims(user_id, sub="admin")),
@@ -368,6 +374,13 @@ async def test_token_attacks_are_401_bearer(client, settings, ctx):
             assert r.json()["error"] in ("invalid_token", "not_authenticated"), name
     # the real token still works: none of the above was refused for another reason
     assert (await client.get("/api/users/me", headers=bearer(pair))).status_code == 200
+    # ...and so does a hand-made one with nothing changed: each forgery fails for its own reason
+    kid = {"kid": key_id(settings.jwt_secret)}
+    control = jwt.encode(
+        _claims(user["id"]), settings.jwt_secret.get_secret_value(), "HS256", headers=kid
+    )
+    r = await client.get("/api/users/me", headers={"Authorization": f"Bearer {control}"})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize(
@@ -555,7 +568,9 @@ async def test_purge_keeps_what_reuse_detection_needs(client, ctx):
             expires_at=now - timedelta(minutes=5),
         )
         assert await purge_spent_tokens() == (2, 1)  # the logged-out and the ended session
-        assert [t.id for t in await AccountToken.all()] == [fresh.id]
+        # left: the live reset link and the verification link mailed at registration
+        kept = await AccountToken.all().order_by("id").values_list("purpose", "token_hash")
+        assert kept == [("verify_email", kept[0][1]), ("reset_password", fresh.token_hash)]
         assert await RefreshToken.filter(user_id=user["id"]).count() == 2
     assert (await refresh(client, first)).status_code == 401  # a replay is still recognised...
     assert (await refresh(client, second)).status_code == 401  # ...and ends its session
