@@ -27,6 +27,7 @@ from .config import Settings
 from .databases import DatabaseContextMiddleware, connect_databases, databases_lifespan
 from .errors import BodySizeLimit, install_error_handlers
 from .mail import make_mailer
+from .migrations import migrate_all, migrate_command
 from .rate_limits import RateLimiter
 from .security import PasswordHasher
 
@@ -120,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.limiter = RateLimiter(settings)
         app.state.mailer = make_mailer(settings)  # outbox or SMTP (06)
         try:
+            if settings.schema_setup == "migrate":  # development; production: a deploy step (12)
+                await migrate_all(settings)
             async with databases_lifespan(app, settings) as ctx:
                 with ctx:
                     await comments.sync_articles(site_articles(settings.site_dir))
@@ -149,6 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 # %% ../nbs/90_app.ipynb #7d6565f5
 async def _sync_articles(nbs_dir: Path, settings: Settings) -> int:
+    if settings.schema_setup == "migrate":
+        await migrate_all(settings)
     ctx = await connect_databases(settings)
     try:
         with ctx:
@@ -167,7 +172,14 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--reload", action="store_true", help="restart on code changes")
     sync = commands.add_parser("sync-articles", help="create an article row per notebook")
     sync.add_argument("nbs_dir", nargs="?", default="nbs", type=Path)
+    migrate = commands.add_parser("migrate", help="apply pending migrations (a deploy step)")
+    migrate.add_argument("--plan", action="store_true", help="list pending migrations, apply none")
+    migrate.add_argument("--check", action="store_true", help="exit 1 if models lack a migration")
     args = parser.parse_args(argv)
+
+    if args.command == "migrate":  # see 12_migrations
+        with asyncio.Runner() as runner:
+            raise SystemExit(runner.run(migrate_command(Settings(), args.plan, args.check)))
 
     if args.command == "sync-articles":
         with asyncio.Runner() as runner:  # a console command starts its own event loop

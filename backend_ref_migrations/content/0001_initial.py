@@ -28,7 +28,7 @@ class Migration(migrations.Migration):
                 ('body', fields.CharField(max_length=2000)),
                 ('created_at', fields.DatetimeField(db_index=True, auto_now=False, auto_now_add=True)),
             ],
-            options={'table': 'comments', 'app': 'content', 'pk_attr': 'id', 'table_description': "A reader's comment. Lives in `content`; its author lives in `users`."},
+            options={'table': 'comments', 'app': 'content', 'pk_attr': 'id', 'table_description': "A reader's comment. Lives in `content`, and its author in `users`."},
             bases=['Model'],
         ),
     ]
