@@ -14,7 +14,7 @@ from conftest import CLI, ROOT, login, make_settings, register
 from backend_ref.app import create_app
 from backend_ref.config import Settings
 from backend_ref.databases import connect_databases, table_names
-from backend_ref.migrations import migrate_all, pending, unmigrated_changes
+from backend_ref.migrations import SchemaConflict, migrate_all, pending, unmigrated_changes
 
 # Every table either app has, children before parents (so plain DROP TABLE works everywhere).
 TABLES = {
@@ -143,6 +143,16 @@ async def test_migrating_from_empty_builds_what_generate_schemas_builds(empty, b
     assert await migrate_all(empty) == []  # twice: a no-op
     assert await pending(empty) == []
     assert await schema(empty) == migrated
+
+
+async def test_tables_made_by_generate_schemas_are_a_schema_conflict_with_a_hint(empty):
+    ctx = await connect_databases(empty.model_copy(update={"schema_setup": "create"}))
+    await ctx.close_connections()
+    with pytest.raises(
+        SchemaConflict, match="already exists.*: the database has tables .*tortoise migrate --fake"
+    ):
+        await migrate_all(empty)
+    assert await pending(empty) == ["users.0001_initial", "content.0001_initial"]
 
 
 async def test_the_app_migrates_at_start_up_and_works(empty):
