@@ -99,20 +99,24 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/12_migrations.ipynb #f86b6b7b
-async def migrate_command(settings: Settings, plan: bool = False, check: bool = False) -> int:
-    """`backend-ref migrate [--plan] [--check]`: prints what it does, returns the exit status."""
+async def migrate_command(settings: Settings, plan: bool = False, check: bool = False) -> str:
+    """`backend-ref migrate [--plan] [--check]`: what it did; exits with 1 when --check fails."""
+    lines = []
     if check:
-        changes = await unmigrated_changes(settings)
-        for label, operations in changes.items():
-            print(f"{label}: models changed without a migration: {', '.join(operations)}")
-        if changes:
-            print("make one: tortoise makemigrations (see nbs/12_migrations.ipynb)")
-            return 1
-        print("models and migrations agree")
+        if changes := await unmigrated_changes(settings):
+            refusal = [
+                f"{app}: models changed without a migration: {', '.join(ops)}"
+                for app, ops in changes.items()
+            ]
+            refusal.append("make one: tortoise makemigrations (see nbs/12_migrations.ipynb)")
+            raise SystemExit("\n".join(refusal))
+        lines.append("models and migrations agree")
     if plan:
-        steps = await pending(settings)
-        print("\n".join(f"would apply {step}" for step in steps) or "no pending migrations")
+        lines += [f"would apply {step}" for step in await pending(settings)] or [
+            "no pending migrations"
+        ]
     if not (plan or check):
-        applied = await migrate_all(settings)
-        print("\n".join(f"applied {step}" for step in applied) or "no pending migrations")
-    return 0
+        lines += [f"applied {step}" for step in await migrate_all(settings)] or [
+            "no pending migrations"
+        ]
+    return "\n".join(lines)

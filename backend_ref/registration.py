@@ -268,6 +268,7 @@ async def register(
 ) -> UserOut:
     """Create an account and mail its verification link (202 in enumeration-safe mode)."""
     await limiter.hit("register", address)
+    await limiter.hit("register-account", email_key(data.email))  # taken or not, alike
     policy = PasswordPolicy.from_settings(settings)
     if settings.registration_mode == "enumeration_safe":
         return await register_quietly(data, hasher, policy, settings, limiter, mailer, tasks)

@@ -27,6 +27,7 @@ from backend_ref.mail import (
     find_account_token,
     issue_account_token,
     send_later,
+    send_password_changed_notice,
     send_verification_email,
 )
 from .rate_limits import ClientAddress, LimiterDep
@@ -120,7 +121,12 @@ async def forgot_password(
 
 @router.post("/reset-password", status_code=204, responses=error_responses(400, 422, 503))
 async def reset_password(
-    data: ResetPasswordIn, request: Request, settings: SettingsDep, hasher: HasherDep
+    data: ResetPasswordIn,
+    request: Request,
+    settings: SettingsDep,
+    hasher: HasherDep,
+    mailer: MailerDep,
+    tasks: BackgroundTasks,
 ) -> None:
     """Set a new password with a reset link's token; ends every session of the account."""
     row = await find_account_token(data.token.get_secret_value(), "reset_password")
@@ -137,6 +143,7 @@ async def reset_password(
         await User.filter(id=user.id).update(password_hash=password_hash, email_verified=True)
     await end_all_sessions(request.app, user.id)
     logger.info("password reset, every session ended: user=%s", user.id)
+    send_later(tasks, "password notice", send_password_changed_notice, mailer, settings, user.email)
 
 
 @router.post("/verify-email", status_code=204, responses=error_responses(400, 422))

@@ -39,6 +39,7 @@ GENEROUS_LIMITS = {
     "login_limit_per_address": "10000/minute",
     "login_failures_per_account": "10000/minute",
     "register_limit_per_address": "10000/minute",
+    "register_limit_per_account": "10000/minute",
     "refresh_limit_per_address": "10000/minute",
     "email_limit_per_address": "10000/minute",
     "email_limit_per_account": "10000/minute",

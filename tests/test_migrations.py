@@ -240,8 +240,9 @@ def test_check_fails_for_a_new_field_until_makemigrations_writes_its_migration(t
 
     check = run_cli("migrate", "--check", cwd=tmp_path, env=env)
     assert check.returncode == 1, check.stdout + check.stderr
-    assert "users: models changed without a migration" in check.stdout
-    assert "nickname" in check.stdout and "content:" not in check.stdout
+    assert "users: models changed without a migration" in check.stderr
+    assert "nickname" in check.stderr and "content:" not in check.stderr
+    assert "tortoise makemigrations" in check.stderr and check.stdout == ""
 
     tortoise = [sys.executable, "-m", "tortoise"]
     made = run_cli("makemigrations", "-n", "user_nickname", cwd=tmp_path, env=env, command=tortoise)

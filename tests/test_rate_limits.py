@@ -205,3 +205,23 @@ async def test_failed_logins_are_counted_once_across_processes(tmp_path):
             blocked = await http.post(f"{servers[0]}/api/auth/token", data=right)
     assert statuses == [401] * 4 + [429] * 2  # 2 + 2 failures, not 4 per process
     assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
+
+
+async def test_registrations_of_one_email_are_limited_alike_taken_or_not(client, limits):
+    limits(register_limit_per_account="3/hour")
+    body = {"email": "ann@example.com", "display_name": "Ann", "password": PASSWORD}
+    statuses = [(await client.post("/api/auth/register", json=body)).status_code for _ in range(4)]
+    assert statuses == [201, 409, 409, 429]
+    spellings = [
+        "Nobody@Example.com",
+        "nobody@example.com",
+        "NOBODY@example.com",
+        "nobody@EXAMPLE.com",
+    ]
+    statuses = [
+        (await client.post("/api/auth/register", json={**body, "email": email})).status_code
+        for email in spellings
+    ]
+    assert statuses == [201, 409, 409, 429]  # letter case does not make a new email
+    other = {**body, "email": "bob@example.com"}
+    assert (await client.post("/api/auth/register", json=other)).status_code == 201
