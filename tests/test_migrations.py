@@ -259,3 +259,15 @@ def test_check_fails_for_a_new_field_until_makemigrations_writes_its_migration(t
     with sqlite3.connect(tmp_path / "users.sqlite3") as db:
         columns = [row[1] for row in db.execute('PRAGMA table_info("users")')]
     assert "nickname" in columns
+
+
+def test_the_migration_packages_ship_with_the_wheel():
+    """pyproject's package list, as setuptools reads it, holds both apps' migrations."""
+    import tomllib
+
+    from setuptools import find_packages
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = set(find_packages(ROOT, include=config["packages"]["find"]["include"]))
+    wanted = {"backend_ref", "backend_ref_migrations.users", "backend_ref_migrations.content"}
+    assert wanted <= packages
