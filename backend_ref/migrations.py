@@ -112,11 +112,9 @@ async def migrate_command(settings: Settings, plan: bool = False, check: bool = 
             raise SystemExit("\n".join(refusal))
         lines.append("models and migrations agree")
     if plan:
-        lines += [f"would apply {step}" for step in await pending(settings)] or [
-            "no pending migrations"
-        ]
+        steps = [f"would apply {step}" for step in await pending(settings)]
+        lines += steps or ["no pending migrations"]
     if not (plan or check):
-        lines += [f"applied {step}" for step in await migrate_all(settings)] or [
-            "no pending migrations"
-        ]
+        steps = [f"applied {step}" for step in await migrate_all(settings)]
+        lines += steps or ["no pending migrations"]
     return "\n".join(lines)
