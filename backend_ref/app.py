@@ -4,11 +4,12 @@
 
 # %% auto #0
 __all__ = ['health_router', 'SECURITY_HEADERS', 'COMMANDS', 'HealthOut', 'health', 'notebook_slug', 'notebook_articles',
-           'site_articles', 'SecurityHeaders', 'create_app', 'main']
+           'site_articles', 'SecurityHeaders', 'SiteMount', 'create_app', 'log_config', 'main']
 
 # %% ../nbs/90_app.ipynb #6aa2f863
 import argparse
 import asyncio
+import copy
 import json
 import os
 import re
@@ -21,6 +22,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
+from starlette.routing import Match, Mount
+from starlette.types import Scope
 
 from . import __version__, admin, comments, registration, sessions, verification
 from .config import Settings
@@ -109,6 +112,16 @@ class SecurityHeaders:
 
         await self.app(scope, receive, send_with_headers)
 
+# %% ../nbs/90_app.ipynb #447c52f4
+class SiteMount(Mount):
+    """A mount at `/` for the built site that leaves every path under `/api` to the API."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if path == "/api" or path.startswith("/api/"):
+            return Match.NONE, {}
+        return super().matches(scope)
+
 # %% ../nbs/90_app.ipynb #a3e4ccfc
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The backend-ref API. Reads `Settings()` from the environment unless given settings."""
@@ -147,7 +160,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (*routers, comments.router, health_router):
         app.include_router(router)
     if (Path(settings.site_dir) / "index.html").is_file():
-        app.mount("/", StaticFiles(directory=settings.site_dir, html=True), name="site")
+        site = StaticFiles(directory=settings.site_dir, html=True)
+        app.router.routes.append(SiteMount("/", app=site, name="site"))
     return app
 
 # %% ../nbs/90_app.ipynb #7d6565f5
@@ -218,6 +232,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_config() -> dict:
+    """uvicorn's logging, plus the app's loggers at INFO, with time, level and logger name."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["app"] = {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    config["handlers"]["app"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "app",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["backend_ref"] = {"handlers": ["app"], "level": "INFO", "propagate": False}
+    return config
+
+
 def main(argv: list[str] | None = None) -> None:
     """`backend-ref serve`, `sync-articles`, `create-superuser` and `purge-tokens`."""
     args = _parser().parse_args(argv)
@@ -244,4 +271,5 @@ def main(argv: list[str] | None = None) -> None:
         reload=args.reload,
         proxy_headers=settings.forwarded_allow_ips is not None,
         forwarded_allow_ips=settings.forwarded_allow_ips,
+        log_config=log_config(),
     )

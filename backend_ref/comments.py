@@ -15,6 +15,7 @@ from tortoise.functions import Count
 
 from .databases import Article, Comment, User
 from .errors import NotFound, error_responses
+from .rate_limits import LimiterDep
 from .registration import CurrentUser
 from .schemas import ArticleOut, AuthorOut, CommentIn, CommentOut, CommentPage
 
@@ -136,8 +137,13 @@ async def read_comments(
 
 
 @router.post(
-    "/articles/{slug}/comments", status_code=201, responses=error_responses(400, 401, 404, 422)
+    "/articles/{slug}/comments",
+    status_code=201,
+    responses=error_responses(400, 401, 404, 422, 429),
 )
-async def create_comment(slug: Slug, data: CommentIn, user: CurrentUser) -> CommentOut:
+async def create_comment(
+    slug: Slug, data: CommentIn, user: CurrentUser, limiter: LimiterDep
+) -> CommentOut:
     """Comment on an article as the signed-in user."""
+    await limiter.hit("comment", str(user.id))
     return await add_comment(await get_article(slug), user, data)

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     login_failures_per_account: str = "5/minute"  # failed logins for one account from one address
     register_limit_per_address: str = "10/hour"  # registrations from one client address
     register_limit_per_account: str = "5/hour"  # registrations of one email, from anywhere
+    comment_limit_per_user: str = "10/minute"  # comments one account may post
     refresh_limit_per_address: str = "60/minute"  # token refreshes from one client address
     email_limit_per_address: str = "10/hour"  # forgot-password and verification mails asked for
     email_limit_per_account: str = "3/hour"  # mails to one address, whoever asks
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
         "login_failures_per_account",
         "register_limit_per_address",
         "register_limit_per_account",
+        "comment_limit_per_user",
         "refresh_limit_per_address",
         "email_limit_per_address",
         "email_limit_per_account",

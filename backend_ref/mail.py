@@ -40,7 +40,8 @@ def compose(settings: Settings, to: str, subject: str, text: str) -> EmailMessag
     message["Subject"] = subject
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain=settings.mail_from.rsplit("@", 1)[-1].strip("<> "))
-    message.set_content(text)
+    readable = text.isascii() and all(len(line) <= 998 for line in text.splitlines())
+    message.set_content(text, cte="7bit" if readable else "quoted-printable")
     return message
 
 # %% ../nbs/06_mail.ipynb #b2543a70

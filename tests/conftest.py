@@ -40,6 +40,7 @@ GENEROUS_LIMITS = {
     "login_failures_per_account": "10000/minute",
     "register_limit_per_address": "10000/minute",
     "register_limit_per_account": "10000/minute",
+    "comment_limit_per_user": "10000/minute",
     "refresh_limit_per_address": "10000/minute",
     "email_limit_per_address": "10000/minute",
     "email_limit_per_account": "10000/minute",

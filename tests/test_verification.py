@@ -243,6 +243,8 @@ async def test_mail_requests_are_limited_per_inbox_alike_for_unknown_addresses(b
         ("/api/auth/request-verification", {"email": "x" * 300 + "@example.com"}, "email"),
         ("/api/auth/verify-email", {}, "token"),
         ("/api/auth/verify-email", {"token": 12}, "token"),
+        ("/api/auth/forgot-password", {"email": "ann@example.com", "admin": True}, "admin"),
+        ("/api/auth/verify-email", {"token": "abc", "user_id": 1}, "user_id"),
         ("/api/auth/reset-password", {"token": "abc"}, "new_password"),
         ("/api/auth/reset-password", {"token": "abc", "new_password": "short"}, "new_password"),
         ("/api/auth/reset-password", {"token": "t" * 201, "new_password": NEW_PASSWORD}, "token"),
@@ -300,3 +302,17 @@ async def test_the_owner_is_told_when_the_password_changes(client, settings):
     r = await client.post("/api/users/me/password", headers=access, json=body)
     assert r.status_code == 400
     assert len(mails(settings)) == before  # a refused change sends nothing
+
+
+async def test_a_disabled_account_cannot_verify_its_address(client, ctx, settings):
+    user = await register(client)
+    token = last_token(settings, "verify_email")
+    with ctx:
+        await User.filter(id=user["id"]).update(is_active=False)
+    r = await client.post("/api/auth/verify-email", json={"token": token})
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_token")
+    with ctx:
+        assert not (await User.get(id=user["id"])).email_verified
+        await User.filter(id=user["id"]).update(is_active=True)
+    r = await client.post("/api/auth/verify-email", json={"token": token})
+    assert r.status_code == 204  # the refused try did not spend the link
