@@ -30,7 +30,7 @@ from .config import Settings
 from .databases import DatabaseContextMiddleware, connect_databases, databases_lifespan
 from .errors import BodySizeLimit, install_error_handlers
 from .mail import make_mailer
-from .migrations import migrate_all, migrate_command
+from .migrations import migrate_command, prepare_schema
 from .rate_limits import RateLimiter
 from .security import PasswordHasher
 
@@ -134,8 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.limiter = RateLimiter(settings)
         app.state.mailer = make_mailer(settings)  # outbox or SMTP (06)
         try:
-            if settings.schema_setup == "migrate":  # development; production: a deploy step (12)
-                await migrate_all(settings)
+            await prepare_schema(settings)  # migrate (development) or warn if behind (12)
             async with databases_lifespan(app, settings) as ctx:
                 with ctx:
                     await comments.sync_articles(site_articles(settings.site_dir))
@@ -251,8 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in COMMANDS:
         settings = _settings()
         with asyncio.Runner() as runner:  # a console command starts its own event loop
-            if settings.schema_setup == "migrate" and args.command != "migrate":
-                runner.run(migrate_all(settings))  # the schema the server would find (12)
+            if args.command != "migrate":
+                runner.run(prepare_schema(settings))  # the schema the server would find (12)
             print(runner.run(COMMANDS[args.command](args, settings)))
         return
     # Command-line options are settings like any other: export them, so the factory that

@@ -167,7 +167,7 @@ async def test_the_app_migrates_at_start_up_and_works(empty):
     assert await pending(empty) == []
 
 
-async def test_production_leaves_the_schema_to_its_deploy_step(tmp_path, monkeypatch):
+async def test_production_leaves_the_schema_to_its_deploy_step(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("BACKEND_REF_ENVIRONMENT", "production")
     monkeypatch.setenv("BACKEND_REF_JWT_SECRET", "p" * 40)
     settings = Settings(
@@ -181,9 +181,21 @@ async def test_production_leaves_the_schema_to_its_deploy_step(tmp_path, monkeyp
     assert Settings(_env_file=None).schema_setup == "migrate"  # an explicit value wins
 
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        assert await table_names(app.state.tortoise.db("users")) == set()
+    with caplog.at_level("WARNING", logger="backend_ref.migrations"):
+        async with app.router.lifespan_context(app):
+            assert await table_names(app.state.tortoise.db("users")) == set()
     assert await pending(settings) == ["users.0001_initial", "content.0001_initial"]
+    warned = [r.getMessage() for r in caplog.records if r.name == "backend_ref.migrations"]
+    assert warned == [
+        "2 migrations pending (users.0001_initial, content.0001_initial): run `backend-ref migrate`"
+    ]
+
+    await migrate_all(settings)  # the deploy step; the next start has nothing to say
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="backend_ref.migrations"):
+        async with app.router.lifespan_context(app):
+            assert "users" in await table_names(app.state.tortoise.db("users"))
+    assert not [r for r in caplog.records if r.name == "backend_ref.migrations"]
 
 
 def run_cli(*args: str, cwd, env: dict[str, str] | None = None, command=CLI):
