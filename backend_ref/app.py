@@ -96,7 +96,7 @@ SECURITY_HEADERS = [
 
 
 class SecurityHeaders:
-    """ASGI middleware: add `SECURITY_HEADERS` to every HTTP response."""
+    """ASGI middleware: `SECURITY_HEADERS` on every HTTP response; no-store on personal ones."""
 
     def __init__(self, app):
         self.app = app
@@ -105,9 +105,14 @@ class SecurityHeaders:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        personal = any(name == b"authorization" for name, _ in scope["headers"])
+
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+                headers = [*message.get("headers", []), *SECURITY_HEADERS]
+                if personal and not any(name.lower() == b"cache-control" for name, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

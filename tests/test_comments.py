@@ -154,9 +154,7 @@ async def test_articles_are_listed_and_synced_idempotently(client, ctx, article)
 async def test_comments_are_limited_per_account(app, client, ctx, article):
     from backend_ref.rate_limits import RateLimiter
 
-    app.state.settings = app.state.settings.model_copy(
-        update={"comment_limit_per_user": "3/minute"}
-    )
+    app.state.settings = app.state.settings.model_copy(update={"comment_limit_per_user": "3/day"})
     app.state.limiter = RateLimiter(app.state.settings)
     await register(client)
     await register(client, email="bob@example.com", name="Bob")

@@ -153,3 +153,18 @@ async def test_the_server_logs_account_events_with_time_level_and_logger(server,
     assert any(" WARNING backend_ref.sessions: login failed: " in line for line in lines), log
     assert all(line[:4].isdigit() for line in lines)  # starts with the date and time
     assert "a long passphrase" not in log and "a wrong passphrase" not in log
+
+
+async def test_personal_responses_are_not_stored_by_caches(server):
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        body = {"email": "cache@example.com", "display_name": "C", "password": "a long passphrase"}
+        assert (await http.post("/api/auth/register", json=body)).status_code == 201
+        form = {"username": "cache@example.com", "password": "a long passphrase"}
+        token = (await http.post("/api/auth/token", data=form)).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        for path in ("/api/users/me", "/api/auth/sessions", "/api/articles"):
+            r = await http.get(path, headers=auth)
+            assert r.status_code == 200 and r.headers["cache-control"] == "no-store", path
+        r = await http.get("/api/users/me", headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401 and r.headers["cache-control"] == "no-store"
+        assert "cache-control" not in (await http.get("/api/articles")).headers  # public

@@ -233,7 +233,7 @@ async def test_password_change_bad_input(client, ctx, body, status, field, error
 
 
 async def test_wrong_current_password_counts_as_a_failed_login(backend, tmp_path):
-    settings = make_settings(backend, tmp_path, login_failures_per_account="3/minute")
+    settings = make_settings(backend, tmp_path, login_failures_per_account="3/day")
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         from conftest import empty_tables
@@ -254,7 +254,7 @@ async def test_wrong_current_password_counts_as_a_failed_login(backend, tmp_path
 
 
 async def test_failed_logins_and_wrong_current_passwords_share_one_count(backend, tmp_path):
-    settings = make_settings(backend, tmp_path, login_failures_per_account="3/minute")
+    settings = make_settings(backend, tmp_path, login_failures_per_account="3/day")
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         from conftest import empty_tables
