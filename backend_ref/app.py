@@ -30,6 +30,7 @@ from .config import Settings
 from .databases import DatabaseContextMiddleware, connect_databases, databases_lifespan
 from .errors import BodySizeLimit, install_error_handlers
 from .mail import make_mailer
+from .migrations import migrate_command, prepare_schema
 from .rate_limits import RateLimiter
 from .security import PasswordHasher
 
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.limiter = RateLimiter(settings)
         app.state.mailer = make_mailer(settings)  # outbox or SMTP (06)
         try:
+            await prepare_schema(settings)  # migrate (development) or warn if behind (12)
             async with databases_lifespan(app, settings) as ctx:
                 with ctx:
                     await comments.sync_articles(site_articles(settings.site_dir))
@@ -192,7 +194,12 @@ async def _purge_tokens(args: argparse.Namespace, settings: Settings) -> str:
     return f"purged {refresh_tokens} refresh tokens and {account_tokens} account tokens"
 
 
+async def _migrate(args: argparse.Namespace, settings: Settings) -> str:
+    return await migrate_command(settings, plan=args.plan, check=args.check)
+
+
 COMMANDS = {
+    "migrate": _migrate,
     "sync-articles": _sync_articles,
     "create-superuser": _create_superuser,
     "purge-tokens": _purge_tokens,
@@ -223,6 +230,9 @@ def _parser() -> argparse.ArgumentParser:
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
     commands.add_parser("purge-tokens", help="delete tokens that can never be used again")
+    migrate = commands.add_parser("migrate", help="apply pending migrations (a deploy step)")
+    migrate.add_argument("--plan", action="store_true", help="list pending migrations, apply none")
+    migrate.add_argument("--check", action="store_true", help="exit 1 if models lack a migration")
     return parser
 
 
@@ -245,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in COMMANDS:
         settings = _settings()
         with asyncio.Runner() as runner:  # a console command starts its own event loop
+            if args.command != "migrate":
+                runner.run(prepare_schema(settings))  # the schema the server would find (12)
             print(runner.run(COMMANDS[args.command](args, settings)))
         return
     # Command-line options are settings like any other: export them, so the factory that

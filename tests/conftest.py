@@ -62,7 +62,8 @@ def make_settings(backend: str, tmp_path, **overrides) -> Settings:
         users_db_url=users,
         content_db_url=content,
         outbox_dir=tmp_path / "outbox",
-        **{**GENEROUS_LIMITS, **overrides},
+        # generate_schemas, fast; tests/test_migrations.py migrates
+        **{"schema_setup": "create", **GENEROUS_LIMITS, **overrides},
     )
 
 

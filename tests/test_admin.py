@@ -312,6 +312,7 @@ def cli_env(settings: Settings) -> dict[str, str]:
         "BACKEND_REF_USERS_DB_URL": settings.users_db_url.get_secret_value(),
         "BACKEND_REF_CONTENT_DB_URL": settings.content_db_url.get_secret_value(),
         "BACKEND_REF_OUTBOX_DIR": str(settings.outbox_dir),
+        "BACKEND_REF_SCHEMA_SETUP": settings.schema_setup,  # the tables the test's app made
     }
 
 

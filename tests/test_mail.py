@@ -41,6 +41,7 @@ def mail_settings(tmp_path, **overrides) -> Settings:
         _env_file=None,
         users_db_url="sqlite://:memory:",
         content_db_url="sqlite://:memory:",
+        schema_setup="create",  # in-memory databases cannot be migrated in a separate context
         outbox_dir=tmp_path / "outbox",
         mail_from="backend-ref <no-reply@app.example>",
         smtp_host="127.0.0.1",
