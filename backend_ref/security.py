@@ -160,6 +160,8 @@ class PasswordPolicy:
         password = normalize_password(password)
         if len(password) < self.min_length:
             return "password_too_short", f"Use at least {self.min_length} characters."
+        if self.only_guessable_words(password, context):
+            return "password_too_weak", "This password is built from your email, name or our name."
         estimate = zxcvbn(password[:72], user_inputs=self.guessable_words(context))
         if estimate["score"] < self.min_score:
             warning = estimate["feedback"]["warning"] or "This password is too easy to guess."
@@ -170,9 +172,17 @@ class PasswordPolicy:
         """The user's and the site's words, each also split and joined ("Acme Widgets": 4)."""
         words = []
         for word in (*context, *self.context_words):
-            parts = re.split(r"[\s._+\-]+", word)
+            parts = re.split(r"[\s@._+\-]+", word)  # the email's local part, domain, labels
             words += [word, "".join(parts), *parts]
         return [word for word in dict.fromkeys(words) if word][:50]
+
+    def only_guessable_words(self, password: str, context: list[str]) -> bool:
+        """True if the password is nothing but guessable words, digits and punctuation."""
+        text, found = password.casefold(), False
+        for word in sorted({w.casefold() for w in self.guessable_words(context)}, key=len)[::-1]:
+            if len(word) >= 3 and word in text:
+                text, found = text.replace(word, " "), True
+        return found and not re.sub(r"[\W\d_]+", "", text)
 
     async def check(self, password: str, context: list[str], field: str = "password") -> None:
         """Raise `WeakPassword`, naming the `field`, if the password is not acceptable."""

@@ -502,3 +502,15 @@ async def test_a_local_part_longer_than_64_characters_is_refused(client):
         )
         assert r.status_code == status, r.text
     assert r.json()["fields"][0]["field"] == "email"
+
+
+@pytest.mark.parametrize(
+    "password", ["grace example", "Grace Example 2026", "graceexample2026", "Backend-Ref 2026!"]
+)
+async def test_passwords_made_only_of_the_users_and_sites_words_are_refused(client, password):
+    r = await client.post(
+        "/api/auth/register",
+        json={"email": "grace@example.com", "display_name": "Grace", "password": password},
+    )
+    assert (r.status_code, r.json()["error"]) == (422, "weak_password"), password
+    assert r.json()["fields"][0]["field"] == "password"
