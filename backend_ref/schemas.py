@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['UserOut', 'ArticleOut', 'JOINERS', 'PASSWORD_MIN_LENGTH', 'PASSWORD_MAX_LENGTH', 'API_SCHEMAS', 'normalize_email',
-           'clean_text', 'clean_name', 'check_password_length', 'UserIn', 'partial_schema', 'UserUpdate', 'CommentIn',
-           'AuthorOut', 'CommentOut', 'CommentPage']
+           'clean_text', 'clean_name', 'valid_secret_text', 'check_password_length', 'UserIn', 'partial_schema',
+           'UserUpdate', 'CommentIn', 'AuthorOut', 'CommentOut', 'CommentPage']
 
 # %% ../nbs/02_schemas.ipynb #4e1d2623
 import unicodedata
@@ -67,8 +67,22 @@ _UserInBase = pydantic_model_creator(
 PASSWORD_MIN_LENGTH, PASSWORD_MAX_LENGTH = 8, 1024
 
 
+def valid_secret_text(value: Any) -> Any:
+    """Refuse a string that is not valid Unicode (a lone surrogate: `"\\ud800"` in JSON).
+
+    A `SecretStr` field accepts one, and hashing or digesting it would fail with a 500.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise PydanticCustomError("string_unicode", "Input should be a valid string") from None
+    return value
+
+
 def check_password_length(value: Any) -> Any:
     """Length errors in words ("at least 8 characters"), before the value becomes a secret."""
+    value = valid_secret_text(value)
     if isinstance(value, str) and not PASSWORD_MIN_LENGTH <= len(value) <= PASSWORD_MAX_LENGTH:
         kind, limit = (
             ("string_too_short", PASSWORD_MIN_LENGTH)

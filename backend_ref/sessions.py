@@ -37,7 +37,7 @@ from backend_ref.registration import (
     email_key,
     forget_current_user,
 )
-from .schemas import check_password_length
+from .schemas import check_password_length, valid_secret_text
 from backend_ref.security import (
     HasherDep,
     PasswordHasher,
@@ -178,6 +178,8 @@ class RefreshIn(BaseModel):
 
     refresh_token: SecretStr = Field(min_length=1, max_length=200)
 
+    _text = field_validator("refresh_token", mode="before")(valid_secret_text)
+
 
 class PasswordChangeIn(BaseModel):
     """The current password and a new one."""
@@ -186,6 +188,7 @@ class PasswordChangeIn(BaseModel):
     new_password: SecretStr
 
     _length = field_validator("new_password", mode="before")(check_password_length)
+    _text = field_validator("current_password", mode="before")(valid_secret_text)
 
 
 def login_account(username: str) -> str:
@@ -309,6 +312,8 @@ class SessionEndIn(BaseModel):
     """The password again, to end a session."""
 
     password: SecretStr = Field(max_length=1024)
+
+    _text = field_validator("password", mode="before")(valid_secret_text)
 
 
 class SessionNotFound(ApiError):

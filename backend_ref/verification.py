@@ -31,7 +31,7 @@ from backend_ref.mail import (
 )
 from .rate_limits import ClientAddress, LimiterDep
 from .registration import email_key, forget_current_user
-from .schemas import check_password_length, normalize_email
+from .schemas import check_password_length, normalize_email, valid_secret_text
 from .security import HasherDep, PasswordPolicy
 from .sessions import end_all_sessions, password_context
 
@@ -52,6 +52,8 @@ class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     token: SecretStr = Field(min_length=1, max_length=200)
+
+    _text = field_validator("token", mode="before")(valid_secret_text)
 
 
 class ResetPasswordIn(TokenIn):

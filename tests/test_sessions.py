@@ -616,3 +616,36 @@ async def test_purge_keeps_what_reuse_detection_needs(client, ctx):
         assert await RefreshToken.filter(user_id=user["id"]).count() == 2
     assert (await refresh(client, first)).status_code == 401  # a replay is still recognised...
     assert (await refresh(client, second)).status_code == 401  # ...and ends its session
+
+
+SURROGATE = "\\ud800"  # a lone surrogate, escaped in the JSON text: no valid string holds it
+
+
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/api/auth/register", '{"email": "x@example.com", "display_name": "X", '
+         f'"password": "{SURROGATE} tangerine submarine"}}', "password"),
+        ("/api/auth/refresh", f'{{"refresh_token": "{SURROGATE}"}}', "refresh_token"),
+        ("/api/auth/logout", f'{{"refresh_token": "{SURROGATE}"}}', "refresh_token"),
+        ("/api/auth/verify-email", f'{{"token": "{SURROGATE}"}}', "token"),
+        ("/api/auth/reset-password",
+         f'{{"token": "{SURROGATE}", "new_password": "a whole new passphrase"}}', "token"),
+        ("/api/auth/reset-password",
+         f'{{"token": "abc", "new_password": "{SURROGATE} whole new passphrase"}}', "new_password"),
+        ("/api/users/me/password",
+         f'{{"current_password": "{SURROGATE}", "new_password": "another passphrase"}}',
+         "current_password"),
+        ("/api/users/me/password",
+         f'{{"current_password": "{PASSWORD}", "new_password": "{SURROGATE} passphrase"}}',
+         "new_password"),
+        ("/api/auth/sessions/" + "0" * 32 + "/end", f'{{"password": "{SURROGATE}"}}', "password"),
+    ],
+)  # fmt: skip
+async def test_a_lone_surrogate_in_a_secret_is_a_422_not_a_500(client, path, body, field):
+    await register(client)
+    headers = {"content-type": "application/json", **bearer(await token_pair(client))}
+    r = await client.post(path, content=body.encode(), headers=headers)
+    assert r.status_code == 422, r.text
+    assert [f["field"] for f in r.json()["fields"]] == [field]
+    assert "ud800" not in r.text and "tangerine" not in r.text
