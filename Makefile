@@ -20,18 +20,23 @@ $(STAMP): FORCE
 
 FORCE:
 
+# The notebooks and tests check the defaults and the settings they set themselves: BACKEND_REF_*
+# variables of the developer's shell (BACKEND_REF_PORT=8766 make serve) must not reach them.
+# Only the test-service URLs (BACKEND_REF_TEST_*) and BACKEND_REF_CHROMIUM pass.
+CLEAN_ENV := env $(foreach v,$(filter BACKEND_REF_%,$(.VARIABLES)),$(if $(filter BACKEND_REF_TEST_% BACKEND_REF_CHROMIUM,$(v)),,-u $(v)))
+
 install: $(STAMP)
 
 ## Serve the articles site at http://127.0.0.1:8000/ and the API at /api (two SQLite databases
 ## under ./data/); builds the site first if it is missing. The app syncs the site's articles.
 serve: $(STAMP)
 	@test -f _site/index.html || $(MAKE) docs \
-		|| echo "serve: the articles site could not be built (it needs npm for Mermaid); serving the API alone"
+		|| echo "serve: the articles site could not be built (see the error above); serving the API alone"
 	$(BIN)/backend-ref serve
 
 ## Build the articles site into _site/ (every notebook executed; warnings are errors)
 docs: $(STAMP) docs/node_modules/.package-lock.json
-	$(BIN)/backend-ref-site build
+	$(CLEAN_ENV) $(BIN)/backend-ref-site build
 
 # Mermaid for the site, from the npm registry (docs/node_modules is not committed)
 docs/node_modules/.package-lock.json: docs/package.json docs/package-lock.json
@@ -40,7 +45,7 @@ docs/node_modules/.package-lock.json: docs/package.json docs/package-lock.json
 ## Everything: package in sync with the notebooks, lint, the site, then notebooks and tests
 ## (browser tests included) in one pytest run
 test: $(STAMP) sync-check lint site-for-tests
-	$(BIN)/pytest
+	$(CLEAN_ENV) $(BIN)/pytest
 
 # The site needs npm (Mermaid comes from the npm registry). Without npm the site's tests are
 # skipped with that reason; everything else still runs.

@@ -107,6 +107,16 @@ class Settings(BaseSettings):
             data.setdefault("schema_setup", "none")
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _links_follow_a_local_server(cls, data):
+        # Unset, public_url is the server itself when it listens on loopback, on any port.
+        if isinstance(data, dict) and not data.get("public_url"):
+            host, port = str(data.get("host", "127.0.0.1")), data.get("port", 8000)
+            if host in ("127.0.0.1", "localhost", "::1"):
+                data["public_url"] = f"http://{'[::1]' if host == '::1' else host}:{port}"
+        return data
+
     @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self):
         secret = self.jwt_secret.get_secret_value()

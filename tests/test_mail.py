@@ -204,3 +204,10 @@ async def test_an_ascii_mail_keeps_its_links_whole_in_the_outbox_file(tmp_path):
     await OutboxMailer(settings.outbox_dir).send(mail)
     (path,) = settings.outbox_dir.iterdir()
     assert link.encode() in path.read_bytes()  # no quoted-printable soft breaks to undo
+
+
+def test_links_follow_a_local_server_unless_public_url_is_set():
+    assert Settings(_env_file=None, port=8766).public_url == "http://127.0.0.1:8766"
+    assert Settings(_env_file=None, host="::1", port=9000).public_url == "http://[::1]:9000"
+    chosen = Settings(_env_file=None, port=8766, public_url="https://app.example")
+    assert chosen.public_url == "https://app.example"
