@@ -255,9 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.command in COMMANDS:
         settings = _settings()
         with asyncio.Runner() as runner:  # a console command starts its own event loop
-            if args.command != "migrate":
-                runner.run(prepare_schema(settings))  # the schema the server would find (12)
-            print(runner.run(COMMANDS[args.command](args, settings)))
+            try:
+                if args.command != "migrate":
+                    runner.run(prepare_schema(settings))  # the schema the server would find
+                print(runner.run(COMMANDS[args.command](args, settings)))
+            except Exception as exc:  # a database down, a schema conflict: one line, exit 1
+                raise SystemExit(
+                    f"backend-ref {args.command}: {type(exc).__name__}: {exc}"
+                ) from None
         return
     # Command-line options are settings like any other: export them, so the factory that
     # uvicorn calls sees them, and validate them here (a public --host needs a real secret).

@@ -36,9 +36,9 @@ def migration_config(settings: Settings) -> dict:
 # %% ../nbs/12_migrations.ipynb #483cca55
 SCHEMA_CONFLICT_HINT = (
     "the database has tables that its migration history does not account for, made by"
-    " generate_schemas (schema_setup=create) or by another process migrating at the same time."
-    " A development database: delete it (rm -r data). One whose tables match the migrations:"
-    " record them without running them (tortoise migrate --fake)."
+    " generate_schemas (schema_setup=create), or by another process migrating at the same time"
+    " (then run it again). A development database: delete it (rm -r data). One whose tables"
+    " match the migrations: record them without running them (tortoise migrate --fake)."
 )
 
 
@@ -79,7 +79,9 @@ async def pending(settings: Settings) -> list[str]:
     async with TortoiseContext() as ctx:
         await ctx.init(config=config, init_connections=False)  # connections open on first use
         for label, app in config["apps"].items():
-            executor = MigrationExecutor(get_connection(app["default_connection"]), {label: app})
+            connection = get_connection(app["default_connection"])
+            await connection.execute_query("SELECT 1")  # unreachable: an error, not a plan
+            executor = MigrationExecutor(connection, {label: app})
             steps += [f"{label}.{step.migration.name}" for step in await executor.plan()]
     return steps
 

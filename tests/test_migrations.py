@@ -283,3 +283,20 @@ def test_the_migration_packages_ship_with_the_wheel():
     packages = set(find_packages(ROOT, include=config["packages"]["find"]["include"]))
     wanted = {"backend_ref", "backend_ref_migrations.users", "backend_ref_migrations.content"}
     assert wanted <= packages
+
+
+@pytest.mark.parametrize(
+    "args", [("migrate", "--plan"), ("migrate",), ("migrate", "--check"), ("purge-tokens",)]
+)
+def test_an_unreachable_database_is_one_line_and_exit_1_not_a_plan(tmp_path, args):
+    down = {  # nothing listens on port 1 of loopback
+        "BACKEND_REF_USERS_DB_URL": "postgres://nobody@127.0.0.1:1/users",
+        "BACKEND_REF_CONTENT_DB_URL": "postgres://nobody@127.0.0.1:1/content",
+    }
+    result = run_cli(*args, cwd=tmp_path, env=down)
+    if args == ("migrate", "--check"):  # compares models with migration files: no database
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode == 1 and "would apply" not in result.stdout
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"backend-ref {args[0]}: ")
