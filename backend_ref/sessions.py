@@ -137,9 +137,11 @@ async def end_all_sessions(app: FastAPI | None, user_id: int) -> None:
 async def purge_spent_tokens(now: datetime | None = None) -> tuple[int, int]:
     """Delete tokens that can never be accepted again; (refresh tokens, account tokens) deleted."""
     now = now or datetime.now(UTC)
-    spent = RefreshToken.filter(Q(revoked_at__not_isnull=True) | Q(session_ends_at__lte=now))
+    ended = Q(revoked_at__not_isnull=True) | Q(session_ends_at__lte=now) | Q(expires_at__lte=now)
+    spent = RefreshToken.filter(ended)
     refresh_tokens = await spent.delete()
-    account_tokens = await AccountToken.filter(expires_at__lte=now).delete()
+    used_or_old = Q(used_at__not_isnull=True) | Q(expires_at__lte=now)
+    account_tokens = await AccountToken.filter(used_or_old).delete()
     return refresh_tokens, account_tokens
 
 # %% ../nbs/08_sessions.ipynb #ff39dc64

@@ -618,6 +618,27 @@ async def test_purge_keeps_what_reuse_detection_needs(client, ctx):
     assert (await refresh(client, second)).status_code == 401  # ...and ends its session
 
 
+async def test_purge_deletes_idle_ended_sessions_and_used_links(client, ctx):
+    user = await register(client)
+    idle, live = await token_pair(client), await token_pair(client)
+    now = datetime.now(UTC)
+    with ctx:
+        await RefreshToken.filter(token_hash=hash_token(idle["refresh_token"])).update(
+            expires_at=now - timedelta(seconds=1)  # unused past the idle limit
+        )
+        used = await AccountToken.create(
+            user_id=user["id"],
+            purpose="reset_password",
+            token_hash="c" * 64,
+            expires_at=now + timedelta(minutes=5),
+            used_at=now,
+        )
+        assert await purge_spent_tokens() == (1, 1)
+        assert not await AccountToken.filter(id=used.id).exists()
+    assert (await refresh(client, idle)).status_code == 401
+    assert (await refresh(client, live)).status_code == 200
+
+
 SURROGATE = "\\ud800"  # a lone surrogate, escaped in the JSON text: no valid string holds it
 
 
