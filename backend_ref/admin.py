@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['logger', 'SuperUser', 'ADMIN_USER_FIELDS', 'AdminUserOut', 'router', 'UserId', 'NotSuperuser', 'get_superuser',
-           'UserPage', 'list_users', 'CannotDisableSelf', 'UserNotFound', 'disable_user', 'enable_user', 'read_users',
-           'disable', 'enable', 'end_sessions', 'send_reset', 'ensure_superuser', 'read_password',
-           'create_superuser_command']
+           'UserPage', 'list_users', 'CannotDisableSelf', 'AccountDisabled', 'UserNotFound', 'disable_user',
+           'enable_user', 'read_users', 'disable', 'enable', 'end_sessions', 'send_reset', 'ensure_superuser',
+           'read_password', 'create_superuser_command']
 
 # %% ../nbs/10_admin.ipynb #eb7bae80
 import getpass
@@ -89,6 +89,10 @@ class CannotDisableSelf(Conflict):
     error, message = "cannot_disable_self", "A superuser cannot disable their own account."
 
 
+class AccountDisabled(Conflict):
+    error, message = "account_disabled", "The account is disabled: enable it first."
+
+
 class UserNotFound(NotFound):
     error, message = "user_not_found", "There is no user with this id."
 
@@ -156,7 +160,9 @@ async def end_sessions(user_id: UserId, admin: SuperUser, request: Request) -> N
 
 
 @router.post(
-    "/users/{user_id}/send-reset", status_code=202, responses=error_responses(401, 403, 404, 422)
+    "/users/{user_id}/send-reset",
+    status_code=202,
+    responses=error_responses(401, 403, 404, 409, 422),
 )
 async def send_reset(
     user_id: UserId,
@@ -169,8 +175,10 @@ async def send_reset(
     user = await User.get_or_none(id=user_id)
     if user is None:
         raise UserNotFound()
-    if user.is_active:
-        send_later(tasks, "reset mail", send_reset_email, mailer, settings, user.id, user.email)
+    if not user.is_active:
+        raise AccountDisabled()  # the admin knows the account exists: say why nothing is sent
+    job = send_reset_email
+    send_later(tasks, "reset mail", job, mailer, settings, user.id, user.email, True)
     logger.info("admin sent a password reset: admin=%s user=%s", admin.id, user_id)
     return MailAccepted()
 

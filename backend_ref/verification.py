@@ -82,12 +82,15 @@ class InvalidAccountToken(ApiError):
         super().__init__(fields=[field])
 
 # %% ../nbs/09_verification.ipynb #392836b2
-async def send_reset_email(mailer: Mailer, settings: Settings, user_id: int, to: str) -> None:
-    """Issue a reset token for `user_id` and mail its link to `to`."""
+async def send_reset_email(
+    mailer: Mailer, settings: Settings, user_id: int, to: str, by_admin: bool = False
+) -> None:
+    """Issue a reset token for `user_id` and mail its link to `to` (`by_admin`: say who asked)."""
     minutes = settings.reset_token_minutes
     token = await issue_account_token(user_id, "reset_password", timedelta(minutes=minutes))
     text = (
-        "Someone asked to reset the password of your account. To choose a new one, open:\n\n"
+        ("An administrator of the site started" if by_admin else "Someone asked for")
+        + " a reset of your account's password. To choose a new one, open:\n\n"
         f"{account_link(settings, 'reset_password', token)}\n\n"
         f"The link works once, within {minutes} minutes, and signs you out everywhere.\n"
         "If you did not ask, ignore this message: your password has not changed.\n"

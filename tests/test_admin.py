@@ -523,7 +523,7 @@ async def test_an_admin_starts_a_reset_without_ever_seeing_the_password(client, 
     r = await client.post(f"/api/admin/users/{ann['id']}/send-reset", headers=auth(admin))
     assert r.status_code == 202 and "#token=" not in r.text
     (mail,) = read_outbox(settings.outbox_dir)[before:]
-    assert mail["To"] == "ann@example.com"
+    assert mail["To"] == "ann@example.com" and "An administrator" in mail.get_content()
     token = token_from_link(mail.get_content(), "reset_password")
     assert token and token not in r.text
     body = {"token": token, "new_password": "chosen by ann alone"}
@@ -533,7 +533,7 @@ async def test_an_admin_starts_a_reset_without_ever_seeing_the_password(client, 
         await User.filter(id=ann["id"]).update(is_active=False)
     before = len(read_outbox(settings.outbox_dir))
     r = await client.post(f"/api/admin/users/{ann['id']}/send-reset", headers=auth(admin))
-    assert r.status_code == 202
+    assert (r.status_code, r.json()["error"]) == (409, "account_disabled")
     assert len(read_outbox(settings.outbox_dir)) == before  # nothing for a disabled account
     r = await client.post("/api/admin/users/999999/send-reset", headers=auth(admin))
     assert r.status_code == 404
