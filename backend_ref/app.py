@@ -22,10 +22,11 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
 
-from . import __version__, comments, registration, sessions
+from . import __version__, comments, registration, sessions, verification
 from .config import Settings
 from .databases import DatabaseContextMiddleware, connect_databases, databases_lifespan
 from .errors import BodySizeLimit, install_error_handlers
+from .mail import make_mailer
 from .rate_limits import RateLimiter
 from .security import PasswordHasher
 
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.hasher = PasswordHasher(settings)
         await app.state.hasher.prepare()
         app.state.limiter = RateLimiter(settings)
+        app.state.mailer = make_mailer(settings)  # outbox or SMTP (06)
         try:
             async with databases_lifespan(app, settings) as ctx:
                 with ctx:
@@ -138,7 +140,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     install_error_handlers(app)
-    for router in (registration.router, sessions.router, comments.router, health_router):
+    routers = (registration.router, sessions.router, verification.router, comments.router)
+    for router in (*routers, health_router):
         app.include_router(router)
     if (Path(settings.site_dir) / "index.html").is_file():
         app.mount("/", StaticFiles(directory=settings.site_dir, html=True), name="site")

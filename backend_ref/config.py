@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     create_schemas: bool = True  # create missing tables at start-up
     jwt_secret: SecretStr = SecretStr(PLACEHOLDER_JWT_SECRET)  # signs new tokens
     jwt_previous_secrets: list[SecretStr] = []  # still verify tokens they signed (key rotation)
+    jwt_audience: str = Field("backend-ref", min_length=1)  # `aud`: tokens meant for this API
     access_token_minutes: int = Field(15, ge=1, le=60)  # short: an access token is not revocable
     refresh_token_days: int = Field(14, ge=1, le=90)  # a login session's absolute lifetime
     session_idle_hours: int = Field(72, ge=1, le=90 * 24)  # unused this long, a session ends
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
     current_user_cache_seconds: float = Field(5, ge=0, le=60)  # GET /users/me cache; 0 = off
     password_min_length: int = Field(8, ge=8, le=64)  # may be raised; 64 must always be allowed
     password_min_score: int = Field(3, ge=0, le=4)  # zxcvbn score a new password needs (0-4)
+    password_context_words: list[str] = ["backend-ref", "backend ref"]  # your site's own names
+    breached_password_api: str | None = None  # a Pwned Passwords range API; None = no check
+    breached_password_timeout_seconds: float = Field(3, gt=0, le=30)  # then: fail open
     forwarded_allow_ips: str | None = None  # proxies trusted for X-Forwarded-For; None = none
     redis_url: SecretStr | None = None  # shared rate-limit counts; None = in-process memory
     redis_key_prefix: str = "backend-ref"  # namespace of this app's keys in Redis
@@ -104,6 +108,9 @@ class Settings(BaseSettings):
                 raise ValueError("JWT secrets must be at least 32 characters in production")
         if self.smtp_security == "none" and self.smtp_host not in ("127.0.0.1", "::1", "localhost"):
             raise ValueError("BACKEND_REF_SMTP_SECURITY=none is only allowed for a loopback relay")
+        api = self.breached_password_api
+        if api and not api.startswith(("https://", "http://127.0.0.1", "http://[::1]")):
+            raise ValueError("BACKEND_REF_BREACHED_PASSWORD_API must be https (or loopback http)")
         return self
 
 # %% ../nbs/00_config.ipynb #9583ed90

@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['bearer_token', 'CurrentUser', 'BearerToken', 'CurrentUserCacheDep', 'USER_OUT_FIELDS', 'router', 'EmailTaken',
-           'email_key', 'register_user', 'InvalidCredentials', 'authenticate', 'get_current_user', 'session_is_live',
-           'CurrentUserCache', 'current_user_cache', 'forget_current_user', 'get_current_user_cache', 'user_out_json',
-           'register', 'read_me', 'update_me']
+           'email_key', 'registration_context', 'register_user', 'InvalidCredentials', 'authenticate',
+           'get_current_user', 'session_is_live', 'CurrentUserCache', 'current_user_cache', 'forget_current_user',
+           'get_current_user_cache', 'user_out_json', 'RegistrationAccepted', 'send_account_exists_notice',
+           'mail_allowed', 'register_quietly', 'register', 'read_me', 'update_me']
 
 # %% ../nbs/07_registration.ipynb #d4f12f45
 import hashlib
@@ -15,14 +16,17 @@ import time
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordBearer
+from pydantic import BaseModel
 from tortoise.exceptions import IntegrityError
 
-from .config import SettingsDep
+from .config import Settings, SettingsDep
 from .databases import RefreshToken, User
 from .errors import Conflict, NotAuthenticated, error_responses
-from .rate_limits import ClientAddress, LimiterDep
+from .mail import Mailer, MailerDep, compose, send_later, send_verification_email
+from .rate_limits import ClientAddress, LimiterDep, RateLimiter, TooManyRequests
 from .schemas import PASSWORD_MAX_LENGTH, UserIn, UserOut, UserUpdate, normalize_email
 from backend_ref.security import (
     HasherDep,
@@ -42,6 +46,13 @@ def email_key(email: str) -> str:
     return hashlib.sha256(normalize_email(email).casefold().encode()).hexdigest()
 
 
+def registration_context(data: UserIn) -> list[str]:
+    """Words a new account's password must not be built from: its email, their parts, its name."""
+    local_part = data.email.split("@")[0]
+    context = [data.email, local_part, data.display_name]
+    return context + re.split(r"[._+\-]", local_part) + data.display_name.split()
+
+
 async def register_user(
     data: UserIn, hasher: PasswordHasher, policy: PasswordPolicy | None = None
 ) -> User:
@@ -49,10 +60,9 @@ async def register_user(
     key = email_key(data.email)
     if await User.filter(email_key=key).exists():
         raise EmailTaken()
-    local_part = data.email.split("@")[0]
-    context = [data.email, local_part, data.display_name]
-    context += re.split(r"[._+\-]", local_part) + data.display_name.split()
-    await (policy or PasswordPolicy()).check(data.password.get_secret_value(), context)
+    await (policy or PasswordPolicy()).check(
+        data.password.get_secret_value(), registration_context(data)
+    )
     password_hash = await hasher.hash(data.password.get_secret_value())
     try:
         return await User.create(
@@ -184,6 +194,59 @@ async def user_out_json(user_id: int, version: int, session: str | None) -> byte
         raise InvalidToken()  # no such user or session, disabled, or all sessions were ended
     return UserOut.model_validate(row).model_dump_json().encode()
 
+# %% ../nbs/07_registration.ipynb #b1e7a002
+class RegistrationAccepted(BaseModel):
+    """The answer of enumeration-safe registration, the same for a new and a taken email."""
+
+    status: str = "accepted"
+    message: str = "Check your inbox to finish signing up."
+
+
+async def send_account_exists_notice(mailer: Mailer, settings: Settings, key: str) -> None:
+    """Tell the owner of the account `key` that someone tried to register with its address."""
+    owner = await User.get_or_none(email_key=key)
+    if owner is None or not owner.is_active:
+        return
+    text = (
+        "Someone, maybe you, tried to create an account with this address. It already has one.\n\n"
+        f"To sign in, go to {settings.public_url}; if you forgot your password, reset it there.\n"
+        "If it was not you, ignore this message: nothing has changed.\n"
+    )
+    await mailer.send(compose(settings, owner.email, "You already have an account", text))
+
+
+async def mail_allowed(limiter: RateLimiter, key: str) -> bool:
+    """Count one mail to the inbox `key`; False once `email_limit_per_account` is used up."""
+    try:
+        await limiter.hit("email-account", key)
+    except TooManyRequests:
+        return False
+    return True
+
+
+async def register_quietly(
+    data: UserIn,
+    hasher: PasswordHasher,
+    policy: PasswordPolicy,
+    settings: Settings,
+    limiter: RateLimiter,
+    mailer: Mailer,
+    tasks: BackgroundTasks,
+) -> JSONResponse:
+    """Register without telling whether the email was taken: 202 and the same body either way."""
+    key = email_key(data.email)
+    try:
+        user = await register_user(data, hasher, policy)
+        job, args = send_verification_email, (user.id, user.email)
+    except EmailTaken:
+        password = data.password.get_secret_value()
+        await policy.check(password, registration_context(data))  # what a new account costs:
+        await hasher.hash(password)  # the policy and a hash (thrown away)
+        job, args = send_account_exists_notice, (key,)
+    if await mail_allowed(limiter, key):
+        send_later(tasks, "registration mail", job, mailer, settings, *args)
+    return JSONResponse(RegistrationAccepted().model_dump(), status_code=202)
+
 # %% ../nbs/07_registration.ipynb #92358bff
 router = APIRouter(prefix="/api")
 
@@ -192,7 +255,7 @@ router = APIRouter(prefix="/api")
     "/auth/register",
     status_code=201,
     tags=["auth"],
-    responses=error_responses(400, 409, 422, 429, 503),
+    responses={202: {"model": RegistrationAccepted}, **error_responses(400, 409, 422, 429, 503)},
 )
 async def register(
     data: UserIn,
@@ -200,11 +263,18 @@ async def register(
     settings: SettingsDep,
     limiter: LimiterDep,
     address: ClientAddress,
+    mailer: MailerDep,
+    tasks: BackgroundTasks,
 ) -> UserOut:
-    """Create an account."""
+    """Create an account and mail its verification link (202 in enumeration-safe mode)."""
     await limiter.hit("register", address)
     policy = PasswordPolicy.from_settings(settings)
-    return UserOut.model_validate(await register_user(data, hasher, policy))
+    if settings.registration_mode == "enumeration_safe":
+        return await register_quietly(data, hasher, policy, settings, limiter, mailer, tasks)
+    user = await register_user(data, hasher, policy)
+    job = send_verification_email
+    send_later(tasks, "verification mail", job, mailer, settings, user.id, user.email)
+    return UserOut.model_validate(user)
 
 
 @router.get("/users/me", tags=["users"], response_model=UserOut, responses=error_responses(401))

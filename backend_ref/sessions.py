@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['logger', 'router', 'NO_STORE', 'TokenOut', 'hash_token', 'issue_tokens', 'InvalidRefreshToken', 'revoke_family',
-           'rotate_refresh_token', 'end_all_sessions', 'EmailNotVerified', 'WrongPassword', 'RefreshIn',
-           'PasswordChangeIn', 'login_account', 'password_context', 'login', 'refresh', 'logout', 'logout_all',
-           'change_password']
+           'rotate_refresh_token', 'end_all_sessions', 'purge_spent_tokens', 'EmailNotVerified', 'WrongPassword',
+           'confirm_password', 'RefreshIn', 'PasswordChangeIn', 'login_account', 'password_context', 'login', 'refresh',
+           'logout', 'logout_all', 'change_password', 'SessionOut', 'SessionEndIn', 'SessionNotFound', 'list_sessions',
+           'read_sessions', 'end_session']
 
 # %% ../nbs/08_sessions.ipynb #9b8ca84e
 import hashlib
@@ -16,10 +17,11 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from tortoise.expressions import F
+from tortoise.expressions import F, Q
+from tortoise.functions import Min
 from tortoise.transactions import in_transaction
 
 from .config import Settings, SettingsDep
@@ -27,6 +29,7 @@ from .databases import AccountToken, RefreshToken, User
 from .errors import ApiError, FieldError, NotAuthenticated, error_responses
 from .rate_limits import ClientAddress, LimiterDep
 from backend_ref.registration import (
+    BearerToken,
     CurrentUser,
     InvalidCredentials,
     authenticate,
@@ -34,7 +37,13 @@ from backend_ref.registration import (
     forget_current_user,
 )
 from .schemas import check_password_length
-from .security import HasherDep, PasswordPolicy, create_access_token
+from backend_ref.security import (
+    HasherDep,
+    PasswordHasher,
+    PasswordPolicy,
+    create_access_token,
+    decode_access_token,
+)
 
 # %% ../nbs/08_sessions.ipynb #ad1cd999
 class TokenOut(BaseModel):
@@ -123,6 +132,15 @@ async def end_all_sessions(app: FastAPI | None, user_id: int) -> None:
     if app is not None:
         forget_current_user(app, user_id)
 
+
+async def purge_spent_tokens(now: datetime | None = None) -> tuple[int, int]:
+    """Delete tokens that can never be accepted again; (refresh tokens, account tokens) deleted."""
+    now = now or datetime.now(UTC)
+    spent = RefreshToken.filter(Q(revoked_at__not_isnull=True) | Q(session_ends_at__lte=now))
+    refresh_tokens = await spent.delete()
+    account_tokens = await AccountToken.filter(expires_at__lte=now).delete()
+    return refresh_tokens, account_tokens
+
 # %% ../nbs/08_sessions.ipynb #ff39dc64
 class EmailNotVerified(ApiError):
     status_code, error = 403, "email_not_verified"
@@ -132,11 +150,26 @@ class EmailNotVerified(ApiError):
 class WrongPassword(ApiError):
     status_code, error, message = 400, "wrong_password", "The current password is not correct."
 
-    def __init__(self):
-        field = FieldError(
-            field="current_password", location="body", message=self.message, type="wrong_password"
-        )
-        super().__init__(fields=[field])
+    def __init__(self, field: str = "current_password"):
+        error = FieldError(field=field, location="body", message=self.message, type=self.error)
+        super().__init__(fields=[error])
+
+
+async def confirm_password(
+    user: User,
+    password: SecretStr,
+    field: str,  # the body field that held it, named in the error
+    hasher: PasswordHasher,
+    limiter,
+    address: str,
+) -> None:
+    """Re-authentication: `WrongPassword` unless `password` is the user's; counts as a login."""
+    await limiter.hit("login-failure", user.email_key, address)
+    matches, _ = await hasher.verify(password.get_secret_value(), user.password_hash)
+    if not matches:
+        logger.warning("re-authentication failed: user=%s address=%s", user.id, address)
+        raise WrongPassword(field)
+    await limiter.clear("login-failure", user.email_key, address)
 
 
 class RefreshIn(BaseModel):
@@ -243,14 +276,12 @@ async def change_password(
     response: Response,
 ) -> TokenOut:
     """Change the password (the current one is required); ends every other session."""
-    await limiter.hit("login-failure", user.email_key, address)
-    matches, _ = await hasher.verify(data.current_password.get_secret_value(), user.password_hash)
-    if not matches:
-        logger.warning("password change refused, wrong password: user=%s", user.id)
-        raise WrongPassword()
-    await limiter.clear("login-failure", user.email_key, address)
+    await confirm_password(
+        user, data.current_password, "current_password", hasher, limiter, address
+    )
     new_password = data.new_password.get_secret_value()
-    await PasswordPolicy.from_settings(settings).check(new_password, password_context(user))
+    policy = PasswordPolicy.from_settings(settings)
+    await policy.check(new_password, password_context(user), field="new_password")
     user.password_hash = await hasher.hash(new_password)
     await user.save(update_fields=["password_hash"])
     await end_all_sessions(request.app, user.id)
@@ -258,3 +289,80 @@ async def change_password(
     await user.refresh_from_db(fields=["token_version"])
     response.headers.update(NO_STORE)
     return await issue_tokens(user, settings)
+
+# %% ../nbs/08_sessions.ipynb #780e8270
+class SessionOut(BaseModel):
+    """One live login session of the signed-in user."""
+
+    id: str  # the session: the `sid` claim of its access tokens
+    started_at: datetime  # the login
+    last_used_at: datetime  # the last login or refresh
+    expires_at: datetime  # it ends then unless refreshed (never after its absolute end)
+    current: bool  # the session of the access token that asked
+
+
+class SessionEndIn(BaseModel):
+    """The password again, to end a session."""
+
+    password: SecretStr = Field(max_length=1024)
+
+
+class SessionNotFound(ApiError):
+    status_code, error, message = 404, "session_not_found", "There is no such live session."
+
+
+async def list_sessions(user_id: int, current: str | None = None) -> list[SessionOut]:
+    """The live sessions of `user_id`, last used first (at most 100)."""
+    now = datetime.now(UTC)
+    live = RefreshToken.filter(user_id=user_id, used_at=None, revoked_at=None, expires_at__gt=now)
+    newest = live.order_by("-created_at").limit(100)
+    heads = await newest.values("family", "created_at", "expires_at")
+    if not heads:
+        return []
+    families = [head["family"] for head in heads]
+    chains = RefreshToken.filter(user_id=user_id, family__in=families)
+    chains = chains.annotate(start=Min("created_at")).group_by("family")
+    starts = await chains.values("family", "start")
+    started = {row["family"]: row["start"] for row in starts}
+    return [
+        SessionOut(
+            id=head["family"],
+            started_at=started[head["family"]],
+            last_used_at=head["created_at"],
+            expires_at=head["expires_at"],
+            current=head["family"] == current,
+        )
+        for head in heads
+    ]
+
+
+@router.get("/auth/sessions", tags=["auth"], responses=error_responses(401))
+async def read_sessions(
+    user: CurrentUser, token: BearerToken, settings: SettingsDep
+) -> list[SessionOut]:
+    """The signed-in user's live sessions; `current` marks this one."""
+    return await list_sessions(user.id, decode_access_token(token, settings).session)
+
+
+@router.post(
+    "/auth/sessions/{session_id}/end",
+    status_code=204,
+    tags=["auth"],
+    responses=error_responses(400, 401, 404, 422, 429, 503),
+)
+async def end_session(
+    session_id: Annotated[str, Path(pattern="^[0-9a-f]{32}$")],
+    data: SessionEndIn,
+    request: Request,
+    user: CurrentUser,
+    hasher: HasherDep,
+    limiter: LimiterDep,
+    address: ClientAddress,
+) -> None:
+    """End one of the signed-in user's sessions (the password is required)."""
+    await confirm_password(user, data.password, "password", hasher, limiter, address)
+    mine = RefreshToken.filter(user_id=user.id, family=session_id, revoked_at=None)
+    if await mine.update(revoked_at=datetime.now(UTC)) == 0:
+        raise SessionNotFound()
+    forget_current_user(request.app, user.id)
+    logger.info("session ended by its user: user=%s", user.id)

@@ -88,6 +88,7 @@ async def test_a_deleted_account_token_is_refused(client, ctx):
 def forged(settings, **claims):
     now = datetime.now(UTC)
     base = {"sub": "1", "iat": now, "exp": now + timedelta(minutes=5), "typ": "access"}
+    base["aud"] = settings.jwt_audience
     secret = settings.jwt_secret.get_secret_value()
     return {
         "alg none": jwt.encode({**base, **claims}, None, algorithm="none"),
@@ -342,6 +343,17 @@ async def test_a_raised_minimum_length_is_enforced_and_64_characters_always_fit(
     r = await client.post("/api/auth/register", json={**body, "password": passphrase})
     assert r.status_code == 201, r.text
     await login(client, password=passphrase)
+
+
+async def test_the_sites_own_words_are_refused_in_passwords(client, app):
+    body = {"email": "ann@example.com", "display_name": "Ann", "password": "acmewidgets2026!"}
+    words = {"password_context_words": ["Acme Widgets"]}
+    app.state.settings = app.state.settings.model_copy(update=words)
+    r = await client.post("/api/auth/register", json=body)
+    assert (r.status_code, r.json()["fields"][0]["type"]) == (422, "password_too_weak")
+    assert "acmewidgets2026!" not in r.text
+    app.state.settings = app.state.settings.model_copy(update={"password_context_words": []})
+    assert (await client.post("/api/auth/register", json=body)).status_code == 201
 
 
 async def test_get_me_cache_serves_within_its_lifetime_and_forget_revokes_at_once(client, ctx, app):

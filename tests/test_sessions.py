@@ -17,7 +17,7 @@ from conftest import login, make_settings, register
 from backend_ref.app import create_app
 from backend_ref.databases import AccountToken, RefreshToken, User
 from backend_ref.security import create_access_token, key_id
-from backend_ref.sessions import hash_token
+from backend_ref.sessions import hash_token, purge_spent_tokens
 
 PASSWORD = "pw-ann-12345"
 
@@ -170,7 +170,9 @@ async def test_password_change_ends_other_sessions_and_reset_links(client, ctx):
         assert (await client.get("/api/users/me", headers=bearer(old))).status_code == 401
         assert (await refresh(client, old)).status_code == 401
     with ctx:
-        assert not await AccountToken.filter(user_id=user["id"]).exists()
+        # the reset link died; the verification link mailed at registration lives on
+        assert not await AccountToken.filter(user_id=user["id"], purpose="reset_password").exists()
+        assert await AccountToken.filter(user_id=user["id"], purpose="verify_email").exists()
     r = await client.post(
         "/api/auth/token", data={"username": "ann@example.com", "password": PASSWORD}
     )
@@ -202,7 +204,7 @@ async def test_password_change_ends_other_sessions_and_reset_links(client, ctx):
         (
             {"current_password": PASSWORD, "new_password": "ann@example.com"},
             422,
-            "password",
+            "new_password",  # the body field that holds the weak password
             "weak_password",
         ),
         ({"current_password": PASSWORD}, 422, "new_password", "validation_failed"),
@@ -300,6 +302,7 @@ def _claims(user_id: int, **changes) -> dict:
         "exp": now + timedelta(minutes=5),
         "typ": "access",
         "ver": 0,
+        "aud": "backend-ref",
     }
     return {k: v for k, v in {**claims, **changes}.items() if v is not None}
 
@@ -341,6 +344,9 @@ def forged_tokens(settings, user_id: int, refresh_token: str) -> dict[str, str]:
         "reset token as access": secrets.token_urlsafe(32),
         "typ refresh": sign(_claims(user_id, typ="refresh")),
         "typ reset": sign(_claims(user_id, typ="reset_password")),
+        "no audience": sign(_claims(user_id, aud=None)),
+        "other audience": sign(_claims(user_id, aud="another-service")),
+        "audience list without ours": sign(_claims(user_id, aud=["a", "b"])),
         "old version": sign(_claims(user_id, ver=-1)),
         "version as text": sign(_claims(user_id, ver="0")),
         "sub not a number": sign(_claims(user_id, sub="admin")),
@@ -368,6 +374,13 @@ async def test_token_attacks_are_401_bearer(client, settings, ctx):
             assert r.json()["error"] in ("invalid_token", "not_authenticated"), name
     # the real token still works: none of the above was refused for another reason
     assert (await client.get("/api/users/me", headers=bearer(pair))).status_code == 200
+    # ...and so does a hand-made one with nothing changed: each forgery fails for its own reason
+    kid = {"kid": key_id(settings.jwt_secret)}
+    control = jwt.encode(
+        _claims(user["id"]), settings.jwt_secret.get_secret_value(), "HS256", headers=kid
+    )
+    r = await client.get("/api/users/me", headers={"Authorization": f"Bearer {control}"})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize(
@@ -441,3 +454,123 @@ async def test_authentication_events_are_logged_without_secrets(client, caplog):
     for secret in ["hunter2", PASSWORD, "another long passphrase", "ann@example.com"]:
         assert not any(secret in m for m in messages), secret
     assert not any(pair["refresh_token"] in m or pair["access_token"] in m for m in messages)
+
+
+def session_id(pair: dict) -> str:
+    return jwt.decode(pair["access_token"], options={"verify_signature": False})["sid"]
+
+
+async def end_session(client, pair, sid, password=PASSWORD) -> httpx.Response:
+    url = f"/api/auth/sessions/{sid}/end"
+    return await client.post(url, headers=bearer(pair), json={"password": password})
+
+
+async def test_the_session_list_shows_live_sessions_only(client):
+    await register(client)
+    phone, laptop, gone = [await token_pair(client) for _ in range(3)]
+    phone = (await refresh(client, phone)).json()  # a refreshed session is listed once
+    await client.post("/api/auth/logout", json={"refresh_token": gone["refresh_token"]})
+    r = await client.get("/api/auth/sessions", headers=bearer(laptop))
+    assert r.status_code == 200
+    listed = {s["id"]: s for s in r.json()}
+    assert set(listed) == {session_id(phone), session_id(laptop)}
+    assert listed[session_id(laptop)]["current"] and not listed[session_id(phone)]["current"]
+    refreshed = listed[session_id(phone)]
+    assert refreshed["started_at"] < refreshed["last_used_at"] < refreshed["expires_at"]
+    for secret in (phone["refresh_token"], laptop["refresh_token"], phone["access_token"]):
+        assert secret not in r.text
+
+
+async def test_ending_a_session_by_id(client):
+    await register(client)
+    phone, laptop = await token_pair(client), await token_pair(client)
+    r = await end_session(client, laptop, session_id(phone))
+    assert r.status_code == 204
+    assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 401
+    assert (await refresh(client, phone)).status_code == 401
+    assert (await client.get("/api/users/me", headers=bearer(laptop))).status_code == 200
+    again = await end_session(client, laptop, session_id(phone))
+    assert (again.status_code, again.json()["error"]) == (404, "session_not_found")
+    r = await end_session(client, laptop, session_id(laptop))  # one's own session: a logout
+    assert r.status_code == 204
+    assert (await client.get("/api/users/me", headers=bearer(laptop))).status_code == 401
+
+
+async def test_nobody_ends_another_users_session(client):
+    await register(client)
+    await register(client, email="bob@example.com", password="pw-bob-12345", name="Bob")
+    ann = await token_pair(client)
+    bob = await token_pair(client, "bob@example.com", "pw-bob-12345")
+    r = await end_session(client, bob, session_id(ann), password="pw-bob-12345")
+    unknown = await end_session(client, bob, secrets.token_hex(16), password="pw-bob-12345")
+    assert r.status_code == unknown.status_code == 404
+    assert r.content == unknown.content
+    assert (await client.get("/api/users/me", headers=bearer(ann))).status_code == 200
+    r = await client.get("/api/auth/sessions", headers=bearer(bob))
+    assert [s["id"] for s in r.json()] == [session_id(bob)]
+
+
+@pytest.mark.parametrize(
+    "sid, body, status, field",
+    [
+        ("0" * 31, {"password": PASSWORD}, 422, "session_id"),
+        ("G" * 32, {"password": PASSWORD}, 422, "session_id"),
+        (None, {}, 422, "password"),
+        (None, {"password": "p" * 1025}, 422, "password"),
+        (None, {"password": "wrong-password-1"}, 400, "password"),
+    ],
+)
+async def test_ending_a_session_bad_input(client, sid, body, status, field):
+    await register(client)
+    phone, laptop = await token_pair(client), await token_pair(client)
+    url = f"/api/auth/sessions/{sid or session_id(phone)}/end"
+    r = await client.post(url, headers=bearer(laptop), json=body)
+    assert (r.status_code, r.json()["fields"][0]["field"]) == (status, field)
+    assert "wrong-password-1" not in r.text and "p" * 1025 not in r.text
+    assert (await client.get("/api/users/me", headers=bearer(phone))).status_code == 200
+
+
+async def test_session_routes_need_a_valid_access_token(client):
+    await register(client)
+    pair = await token_pair(client)
+    for r in (
+        await client.get("/api/auth/sessions"),
+        await client.post(
+            f"/api/auth/sessions/{session_id(pair)}/end", json={"password": PASSWORD}
+        ),
+        await client.get("/api/auth/sessions", headers={"Authorization": "Bearer nope"}),
+    ):
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+
+
+async def test_purge_keeps_what_reuse_detection_needs(client, ctx):
+    user = await register(client)
+    first = await token_pair(client)
+    second = (await refresh(client, first)).json()  # first is used, second is the live head
+    ended = await token_pair(client)
+    await client.post("/api/auth/logout", json={"refresh_token": ended["refresh_token"]})
+    old = await token_pair(client)
+    now = datetime.now(UTC)
+    with ctx:
+        await RefreshToken.filter(token_hash=hash_token(old["refresh_token"])).update(
+            session_ends_at=now - timedelta(seconds=1)
+        )
+        fresh = await AccountToken.create(
+            user_id=user["id"],
+            purpose="reset_password",
+            token_hash="a" * 64,
+            expires_at=now + timedelta(minutes=5),
+        )
+        await AccountToken.create(
+            user_id=user["id"],
+            purpose="reset_password",
+            token_hash="b" * 64,
+            expires_at=now - timedelta(minutes=5),
+        )
+        assert await purge_spent_tokens() == (2, 1)  # the logged-out and the ended session
+        # left: the live reset link and the verification link mailed at registration
+        kept = await AccountToken.all().order_by("id").values_list("purpose", "token_hash")
+        assert kept == [("verify_email", kept[0][1]), ("reset_password", fresh.token_hash)]
+        assert await RefreshToken.filter(user_id=user["id"]).count() == 2
+    assert (await refresh(client, first)).status_code == 401  # a replay is still recognised...
+    assert (await refresh(client, second)).status_code == 401  # ...and ends its session
