@@ -65,17 +65,21 @@ DELETED_AUTHOR = {"id": None, "display_name": "[deleted user]"}  # what `author_
 # The page's three reads, built once per backend (a `CompiledQuery`, see 01_databases).
 _ARTICLE_TOTAL = CompiledQuery(
     Article,
-    lambda slug: Article.filter(slug=slug)
-    .annotate(total=Count("comments"))
-    .group_by("id")
-    .values("id", "total"),
+    lambda slug: (
+        Article.filter(slug=slug)
+        .annotate(total=Count("comments"))
+        .group_by("id")
+        .values("id", "total")
+    ),
 )
 _PAGE = CompiledQuery(
     Comment,
-    lambda article_id, after, rows: Comment.filter(article_id=article_id, id__gt=after)
-    .order_by("id")
-    .limit(rows)
-    .values("id", "body", "created_at", "author_id"),
+    lambda article_id, after, rows: (
+        Comment.filter(article_id=article_id, id__gt=after)
+        .order_by("id")
+        .limit(rows)
+        .values("id", "body", "created_at", "author_id")
+    ),
 )
 _AUTHOR_NAMES = CompiledQuery(  # in the users database: a second query, never a join
     User, lambda ids: User.filter(id__in=ids).values("id", "display_name")

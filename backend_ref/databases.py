@@ -245,7 +245,12 @@ class CompiledQuery:
             raise ValueError("each argument must be one query parameter, used once and unchanged")
         columns = query._fields_for_select.items()
         convert = [(a, query.resolve_to_python_value(query.model, f)) for a, f in columns]
-        return sql, params, slots, [(a, f) for a, f in convert if not isinstance(f, types.LambdaType)]
+        return (
+            sql,
+            params,
+            slots,
+            [(a, f) for a, f in convert if not isinstance(f, types.LambdaType)],
+        )
 
     async def run(self, *args) -> list[dict]:
         """The rows of the query built with `args`, as `.values()` would return them."""

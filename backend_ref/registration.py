@@ -189,11 +189,11 @@ _READ_ME = CompiledQuery(  # built once per backend: see 01_databases
 )
 _READ_ME_IN_SESSION = CompiledQuery(  # and the session was not logged out: one join, same query
     User,
-    lambda user_id, session: User.filter(
-        id=user_id, refresh_tokens__family=session, refresh_tokens__revoked_at=None
-    )
-    .limit(1)
-    .values(*USER_OUT_FIELDS, "token_version"),
+    lambda user_id, session: (
+        User.filter(id=user_id, refresh_tokens__family=session, refresh_tokens__revoked_at=None)
+        .limit(1)
+        .values(*USER_OUT_FIELDS, "token_version")
+    ),
 )
 
 
