@@ -10,6 +10,7 @@ __all__ = ['MODELS', 'User', 'RefreshToken', 'AccountToken', 'Article', 'Comment
 import types
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 from tortoise import fields
@@ -223,6 +224,22 @@ def _stand_ins(args: tuple) -> tuple:
     return tuple(marks)
 
 
+def _parse_text_datetimes(to_python: Callable) -> Callable:
+    """For a `DatetimeField`: text (SQLite's) goes through the stdlib's C parser first."""
+    if not isinstance(getattr(to_python, "__self__", None), fields.DatetimeField):
+        return to_python
+
+    def convert(value):
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                pass  # whatever the stdlib cannot read, Tortoise parses as before
+        return to_python(value)  # Tortoise's own time-zone handling, unchanged
+
+    return convert
+
+
 def _flat(args) -> list:
     return [v for arg in args for v in (arg if isinstance(arg, list) else [arg])]
 
@@ -243,14 +260,12 @@ class CompiledQuery:
         slots = [where.get(p) if isinstance(p, int | str) else None for p in params]
         if sorted(s for s in slots if s is not None) != list(range(len(where))):
             raise ValueError("each argument must be one query parameter, used once and unchanged")
-        columns = query._fields_for_select.items()
-        convert = [(a, query.resolve_to_python_value(query.model, f)) for a, f in columns]
-        return (
-            sql,
-            params,
-            slots,
-            [(a, f) for a, f in convert if not isinstance(f, types.LambdaType)],
-        )
+        convert = []  # as `ValuesQuery` does: a plain function means "no conversion"
+        for alias, field in query._fields_for_select.items():
+            to_python = query.resolve_to_python_value(query.model, field)
+            if not isinstance(to_python, types.FunctionType):
+                convert.append((alias, _parse_text_datetimes(to_python)))
+        return sql, params, slots, convert
 
     async def run(self, *args) -> list[dict]:
         """The rows of the query built with `args`, as `.values()` would return them."""
