@@ -38,6 +38,8 @@ class User(Model):
     token_version = fields.IntField(default=0)  # in every token; +1 ends all sessions
     created_at = fields.DatetimeField(auto_now_add=True)
 
+    _no_comments = True  # start-up: see below
+
     class Meta:
         app = "users"
         table = "users"
@@ -62,6 +64,8 @@ class RefreshToken(Model):
     revoked_at = fields.DatetimeField(null=True)  # logged out, or the family was revoked
     created_at = fields.DatetimeField(auto_now_add=True)
 
+    _no_comments = True  # start-up: see below
+
     class Meta:
         app = "users"
         table = "refresh_tokens"
@@ -80,6 +84,8 @@ class AccountToken(Model):
     used_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
+    _no_comments = True  # start-up: see below
+
     class Meta:
         app = "users"
         table = "account_tokens"
@@ -93,6 +99,8 @@ class Article(Model):
     title = fields.CharField(max_length=200)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
+
+    _no_comments = True  # start-up: see below
 
     class Meta:
         app = "content"
@@ -109,6 +117,8 @@ class Comment(Model):
     author_id = fields.IntField(db_index=True)  # User.id in the users database: no FK
     body = fields.CharField(max_length=2000)
     created_at = fields.DatetimeField(auto_now_add=True, db_index=True)
+
+    _no_comments = True  # start-up: see below
 
     class Meta:
         app = "content"
