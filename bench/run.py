@@ -344,6 +344,7 @@ def summary(values: list[float]) -> dict:
 def run_database(db: dict, workdir: Path) -> dict:
     """Every scenario (of `ONLY`) on one database; servers started here are stopped here."""
     log(f"{db['name']}: preparing articles and users")
+    load_before = os.getloadavg()
     env = {
         "BACKEND_REF_USERS_DB_URL": db["users"],
         "BACKEND_REF_CONTENT_DB_URL": db["content"],
@@ -424,6 +425,9 @@ def run_database(db: dict, workdir: Path) -> dict:
             server.stop()
     if "cold_start" in ONLY:
         result["cold_start"] = measure_cold_start(db, workdir)
+    # The machine's 1-minute load average (runnable processes, ours included) before and after:
+    # on a shared machine it says how much of the spread is other people's work.
+    result["load_average"] = {"before": load_before[0], "after": os.getloadavg()[0]}
     return result
 
 
@@ -645,6 +649,12 @@ def markdown(results: dict) -> str:
         lines += _login_lines(db, lo, results) if lo else []
         lines += _overload_lines(db, r["overload"]) if "overload" in r else []
         lines += _cold_start_lines(db, r["cold_start"]) if "cold_start" in r else []
+        if load := r.get("load_average"):
+            lines.append(
+                f"| machine load (1-minute load average, before → after) | {db} | "
+                f"{load['before']:.1f} → {load['after']:.1f} on {results['machine']['cpus']} cores "
+                "| | | | (context) | |"
+            )
     mt = results.get("make_test")
     if mt:
         lines.append(
@@ -662,7 +672,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-make-test", action="store_true", help="do not time `make test`")
     parser.add_argument("--only", choices=["sqlite", "postgres"], help="one database only")
-    parser.add_argument("--quick", action="store_true", help="one short round (a smoke test)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one short round (a smoke test; prints, writes no file)",
+    )
     parser.add_argument(
         "--scenario",
         action="append",
@@ -707,7 +721,8 @@ def main() -> None:
         "targets": TARGETS,
         "databases": {},
     }
-    if not args.skip_make_test:
+    partial = bool(args.scenario or args.quick)  # printed, never written over the results
+    if not (args.skip_make_test or partial):
         results["make_test"] = time_make_test()
     pg_url = os.environ.get("BACKEND_REF_BENCH_POSTGRES_URL")
     with tempfile.TemporaryDirectory(prefix="backend-ref-bench-") as tmp:
@@ -731,7 +746,7 @@ def main() -> None:
                 finally:
                     drop_postgres_databases(pg_url)
     results["wall_seconds"] = time.perf_counter() - started
-    if args.scenario:
+    if partial:
         print(markdown(results))
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
