@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tortoise import fields
 from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.backends.base.executor import EXECUTOR_CACHE
 from tortoise.context import TortoiseContext, _current_context
 from tortoise.models import Model
@@ -129,6 +130,20 @@ class Comment(Model):
 MODELS = "backend_ref.databases"
 
 
+async def _keep_session(connection) -> None:
+    """asyncpg pool `reset`: nothing to undo (see the pitfall below). Open transactions are
+    still rolled back by asyncpg itself before this runs."""
+
+
+def _connection(url: str) -> str | dict:
+    """One connection's config: the URL, or for PostgreSQL (asyncpg) a pool without resets."""
+    if not url.startswith(("postgres://", "asyncpg://")):
+        return url
+    config = expand_db_url(url)
+    config["credentials"]["reset"] = _keep_session
+    return config
+
+
 def tortoise_config(
     settings: Settings,
     models: str = MODELS,  # module holding the models ("__main__" in a notebook)
@@ -136,8 +151,8 @@ def tortoise_config(
     """The Tortoise config: connections `users` and `content`, one app bound to each."""
     return {
         "connections": {
-            "users": settings.users_db_url.get_secret_value(),
-            "content": settings.content_db_url.get_secret_value(),
+            "users": _connection(settings.users_db_url.get_secret_value()),
+            "content": _connection(settings.content_db_url.get_secret_value()),
         },
         "apps": {
             "users": {"models": [models], "default_connection": "users"},
