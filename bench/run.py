@@ -555,7 +555,9 @@ def time_make_test() -> dict:
     done = subprocess.run(
         ["make", "test"], cwd=ROOT, capture_output=True, text=True, timeout=900, check=False
     )
-    tail = done.stdout.strip().splitlines()[-1:] if done.stdout else []
+    lines = done.stdout.strip().splitlines() if done.stdout else []
+    summaries = [line for line in lines if re.search(r"\d+ (passed|failed)", line)]
+    tail = summaries[-1:] or lines[-1:]  # pytest's summary line, e.g. "699 passed in 120 s"
     return {"seconds": time.perf_counter() - start, "passed": done.returncode == 0, "tail": tail}
 
 
