@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: serve test docs bench lab install sync-check lint clean site-for-tests FORCE
+.PHONY: serve test docs bench bench-enumeration lab install sync-check lint clean site-for-tests FORCE
 
 # Create the virtualenv and install the project with its development tools, again only when the
 # *content* of pyproject.toml changes (nbdev-export rewrites the file, so its date is no guide).
@@ -74,6 +74,12 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| { echo "bench: wrk is missing; install it (apt-get install wrk)"; exit 1; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+## Does the time of an answer tell whether an account exists? Login, forgot-password,
+## request-verification and registration, existing vs missing account, one request at a time.
+## Writes bench/results/enumeration.json and .md.
+bench-enumeration: $(STAMP)
+	$(BIN)/python bench/enumeration.py $(ENUMERATION_ARGS)
 
 ## Open the notebooks in JupyterLab (installs the optional `lab` extra)
 lab: $(STAMP)

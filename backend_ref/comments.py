@@ -20,6 +20,7 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from .databases import Article, Comment, CompiledQuery, User
 from .errors import NotFound, error_responses
+from .rate_limits import LimiterDep
 from .registration import CurrentUser
 from .schemas import ArticleOut, AuthorOut, CommentIn, CommentOut, CommentPage
 
@@ -180,8 +181,13 @@ async def read_comments(
 
 
 @router.post(
-    "/articles/{slug}/comments", status_code=201, responses=error_responses(400, 401, 404, 422)
+    "/articles/{slug}/comments",
+    status_code=201,
+    responses=error_responses(400, 401, 404, 422, 429),
 )
-async def create_comment(slug: Slug, data: CommentIn, user: CurrentUser) -> CommentOut:
+async def create_comment(
+    slug: Slug, data: CommentIn, user: CurrentUser, limiter: LimiterDep
+) -> CommentOut:
     """Comment on an article as the signed-in user."""
+    await limiter.hit("comment", str(user.id))
     return await add_comment(await get_article(slug), user, data)

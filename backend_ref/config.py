@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     users_db_url: SecretStr = SecretStr("sqlite://data/users.sqlite3")  # accounts live here
     content_db_url: SecretStr = SecretStr("sqlite://data/content.sqlite3")  # articles, comments
-    create_schemas: bool = True  # create missing tables at start-up
+    schema_setup: Literal["migrate", "create", "none"] = "migrate"  # at start-up; see 12_migrations
     jwt_secret: SecretStr = SecretStr(PLACEHOLDER_JWT_SECRET)  # signs new tokens
     jwt_previous_secrets: list[SecretStr] = []  # still verify tokens they signed (key rotation)
     jwt_audience: str = Field("backend-ref", min_length=1)  # `aud`: tokens meant for this API
@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     login_limit_per_address: str = "30/minute"  # login attempts from one client address
     login_failures_per_account: str = "5/minute"  # failed logins for one account from one address
     register_limit_per_address: str = "10/hour"  # registrations from one client address
+    register_limit_per_account: str = "5/hour"  # registrations of one email, from anywhere
+    comment_limit_per_user: str = "10/minute"  # comments one account may post
     refresh_limit_per_address: str = "60/minute"  # token refreshes from one client address
     email_limit_per_address: str = "10/hour"  # forgot-password and verification mails asked for
     email_limit_per_account: str = "3/hour"  # mails to one address, whoever asks
@@ -82,6 +84,8 @@ class Settings(BaseSettings):
         "login_limit_per_address",
         "login_failures_per_account",
         "register_limit_per_address",
+        "register_limit_per_account",
+        "comment_limit_per_user",
         "refresh_limit_per_address",
         "email_limit_per_address",
         "email_limit_per_account",
@@ -94,6 +98,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     site_dir: Path = Path("_site")  # the built articles site, served at / when it exists
+
+    @model_validator(mode="before")
+    @classmethod
+    def _production_migrates_in_its_deploy_step(cls, data):
+        # Several workers migrating at start-up would race; production runs `backend-ref migrate`.
+        if isinstance(data, dict) and data.get("environment") == "production":
+            data.setdefault("schema_setup", "none")
+        return data
 
     @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self):

@@ -109,7 +109,7 @@ class Article(Model):
 
 
 class Comment(Model):
-    """A reader's comment. Lives in `content`; its author lives in `users`."""
+    """A reader's comment. Lives in `content`, and its author in `users`."""
 
     id = fields.IntField(primary_key=True)
     article: fields.ForeignKeyRelation[Article] = fields.ForeignKeyField(
@@ -176,7 +176,7 @@ async def connect_databases(
     models: str = MODELS,
     global_fallback: bool = False,  # also visible outside the context (notebooks)
 ) -> TortoiseContext:
-    """Open both connections in a new Tortoise context; create missing tables if configured."""
+    """Open both connections in a new Tortoise context; create missing tables if so configured."""
     for url in (settings.users_db_url, settings.content_db_url):
         if (path := _sqlite_path(url.get_secret_value())) is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,7 @@ async def connect_databases(
     with ctx:
         config = tortoise_config(settings, models)
         await ctx.init(config=config, _enable_global_fallback=global_fallback)
-        if settings.create_schemas:
+        if settings.schema_setup == "create":  # the fast path; "migrate" is 12_migrations
             await ctx.generate_schemas(safe=True)
     return ctx
 

@@ -6,7 +6,7 @@
 __all__ = ['logger', 'MailerDep', 'ACCOUNT_TOKEN_PURPOSES', 'LINK_PATHS', 'compose', 'Mailer', 'OutboxMailer', 'read_outbox',
            'SmtpMailer', 'make_mailer', 'get_mailer', 'run_logged', 'send_later', 'token_digest', 'issue_account_token',
            'find_account_token', 'claim_account_token', 'consume_account_token', 'account_link', 'token_from_link',
-           'send_verification_email']
+           'send_verification_email', 'send_password_changed_notice']
 
 # %% ../nbs/06_mail.ipynb #aadf4b80
 import asyncio
@@ -40,7 +40,8 @@ def compose(settings: Settings, to: str, subject: str, text: str) -> EmailMessag
     message["Subject"] = subject
     message["Date"] = formatdate(localtime=False)
     message["Message-ID"] = make_msgid(domain=settings.mail_from.rsplit("@", 1)[-1].strip("<> "))
-    message.set_content(text)
+    readable = text.isascii() and all(len(line) <= 998 for line in text.splitlines())
+    message.set_content(text, cte="7bit" if readable else "quoted-printable")
     return message
 
 # %% ../nbs/06_mail.ipynb #b2543a70
@@ -196,3 +197,15 @@ async def send_verification_email(
         "If you did not create an account, ignore this message.\n"
     )
     await mailer.send(compose(settings, to, "Confirm your email address", text))
+
+# %% ../nbs/06_mail.ipynb #dfd134c9
+async def send_password_changed_notice(mailer: Mailer, settings: Settings, to: str) -> None:
+    """Tell the owner of `to` that the account's password has just changed."""
+    text = (
+        "The password of your account was changed just now, and the sessions signed in "
+        "before were signed out.\n\n"
+        "If this was you, there is nothing to do. If it was not, someone else could use your "
+        "account or read your mail: secure your mailbox first, then ask for a password reset at "
+        f"{settings.public_url.rstrip('/')}/.\n"
+    )
+    await mailer.send(compose(settings, to, "Your password was changed", text))

@@ -42,6 +42,8 @@ class RateLimiter:
             "login": parse(settings.login_limit_per_address),
             "login-failure": parse(settings.login_failures_per_account),
             "register": parse(settings.register_limit_per_address),
+            "register-account": parse(settings.register_limit_per_account),  # one email
+            "comment": parse(settings.comment_limit_per_user),  # comments of one account
             "refresh": parse(settings.refresh_limit_per_address),
             "email": parse(settings.email_limit_per_address),  # mails asked for, per address
             "email-account": parse(settings.email_limit_per_account),  # mails sent to one inbox

@@ -13,6 +13,7 @@ __all__ = ['bearer_token', 'CurrentUser', 'BearerToken', 'CurrentUserCacheDep', 
 import hashlib
 import re
 import time
+import unicodedata
 from collections.abc import Callable
 from typing import Annotated
 
@@ -24,7 +25,7 @@ from tortoise.exceptions import IntegrityError
 
 from .config import Settings, SettingsDep
 from .databases import CompiledQuery, RefreshToken, User
-from .errors import Conflict, NotAuthenticated, error_responses
+from .errors import Conflict, FieldError, NotAuthenticated, error_responses
 from .mail import Mailer, MailerDep, compose, send_later, send_verification_email
 from .rate_limits import ClientAddress, LimiterDep, RateLimiter, TooManyRequests
 from .schemas import PASSWORD_MAX_LENGTH, UserIn, UserOut, UserUpdate, normalize_email
@@ -40,10 +41,15 @@ from backend_ref.security import (
 class EmailTaken(Conflict):
     error, message = "email_taken", "An account with this email already exists."
 
+    def __init__(self):
+        field = FieldError(field="email", location="body", message=self.message, type=self.error)
+        super().__init__(fields=[field])
+
 
 def email_key(email: str) -> str:
     """The identity of an email address: SHA-256 of its normalised, case-folded form."""
-    return hashlib.sha256(normalize_email(email).casefold().encode()).hexdigest()
+    folded = unicodedata.normalize("NFKC", normalize_email(email)).casefold()
+    return hashlib.sha256(unicodedata.normalize("NFKC", folded).encode()).hexdigest()
 
 
 def registration_context(data: UserIn) -> list[str]:
@@ -282,6 +288,7 @@ async def register(
 ) -> UserOut:
     """Create an account and mail its verification link (202 in enumeration-safe mode)."""
     await limiter.hit("register", address)
+    await limiter.hit("register-account", email_key(data.email))  # taken or not, alike
     policy = PasswordPolicy.from_settings(settings)
     if settings.registration_mode == "enumeration_safe":
         return await register_quietly(data, hasher, policy, settings, limiter, mailer, tasks)

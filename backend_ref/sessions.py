@@ -17,7 +17,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Path, Request, Response
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from tortoise.expressions import F, Q
@@ -27,6 +27,7 @@ from tortoise.transactions import in_transaction
 from .config import Settings, SettingsDep
 from .databases import AccountToken, RefreshToken, User
 from .errors import ApiError, FieldError, NotAuthenticated, error_responses
+from .mail import MailerDep, send_later, send_password_changed_notice
 from .rate_limits import ClientAddress, LimiterDep
 from backend_ref.registration import (
     BearerToken,
@@ -274,6 +275,8 @@ async def change_password(
     limiter: LimiterDep,
     address: ClientAddress,
     response: Response,
+    mailer: MailerDep,
+    tasks: BackgroundTasks,
 ) -> TokenOut:
     """Change the password (the current one is required); ends every other session."""
     await confirm_password(
@@ -286,6 +289,7 @@ async def change_password(
     await user.save(update_fields=["password_hash"])
     await end_all_sessions(request.app, user.id)
     logger.info("password changed, every session ended: user=%s address=%s", user.id, address)
+    send_later(tasks, "password notice", send_password_changed_notice, mailer, settings, user.email)
     await user.refresh_from_db(fields=["token_version"])
     response.headers.update(NO_STORE)
     return await issue_tokens(user, settings)

@@ -11,7 +11,7 @@ import logging
 from datetime import timedelta
 
 from fastapi import APIRouter, BackgroundTasks, Request
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from tortoise.transactions import in_transaction
 
 from .config import Settings, SettingsDep
@@ -23,10 +23,10 @@ from backend_ref.mail import (
     account_link,
     claim_account_token,
     compose,
-    consume_account_token,
     find_account_token,
     issue_account_token,
     send_later,
+    send_password_changed_notice,
     send_verification_email,
 )
 from .rate_limits import ClientAddress, LimiterDep
@@ -39,6 +39,8 @@ from .sessions import end_all_sessions, password_context
 class EmailIn(BaseModel):
     """An email address to send a link to."""
 
+    model_config = ConfigDict(extra="forbid")  # a field we do not know is a mistake: 422
+
     email: str = Field(max_length=254)
 
     _email = field_validator("email")(normalize_email)
@@ -46,6 +48,8 @@ class EmailIn(BaseModel):
 
 class TokenIn(BaseModel):
     """The token of a mailed link."""
+
+    model_config = ConfigDict(extra="forbid")
 
     token: SecretStr = Field(min_length=1, max_length=200)
 
@@ -117,10 +121,15 @@ async def forgot_password(
         logger.info("password reset asked: user=%s address=%s", user.id, address)
     return MailAccepted()
 
-
+# %% ../nbs/09_verification.ipynb #e1c28d1c
 @router.post("/reset-password", status_code=204, responses=error_responses(400, 422, 503))
 async def reset_password(
-    data: ResetPasswordIn, request: Request, settings: SettingsDep, hasher: HasherDep
+    data: ResetPasswordIn,
+    request: Request,
+    settings: SettingsDep,
+    hasher: HasherDep,
+    mailer: MailerDep,
+    tasks: BackgroundTasks,
 ) -> None:
     """Set a new password with a reset link's token; ends every session of the account."""
     row = await find_account_token(data.token.get_secret_value(), "reset_password")
@@ -137,17 +146,19 @@ async def reset_password(
         await User.filter(id=user.id).update(password_hash=password_hash, email_verified=True)
     await end_all_sessions(request.app, user.id)
     logger.info("password reset, every session ended: user=%s", user.id)
+    send_later(tasks, "password notice", send_password_changed_notice, mailer, settings, user.email)
 
-
+# %% ../nbs/09_verification.ipynb #67fad394
 @router.post("/verify-email", status_code=204, responses=error_responses(400, 422))
 async def verify_email(data: TokenIn, request: Request) -> None:
     """Mark the address verified with a verification link's token."""
-    user_id = await consume_account_token(data.token.get_secret_value(), "verify_email")
-    if user_id is None:
-        raise InvalidAccountToken()
-    await User.filter(id=user_id).update(email_verified=True)
-    forget_current_user(request.app, user_id)
-    logger.info("email verified: user=%s", user_id)
+    row = await find_account_token(data.token.get_secret_value(), "verify_email")
+    user = await User.get_or_none(id=row.user_id) if row is not None else None
+    if user is None or not user.is_active or not await claim_account_token(row):
+        raise InvalidAccountToken()  # a disabled account verifies nothing
+    await User.filter(id=user.id).update(email_verified=True)
+    forget_current_user(request.app, user.id)
+    logger.info("email verified: user=%s", user.id)
 
 
 @router.post("/request-verification", status_code=202, responses=error_responses(422, 429))

@@ -11,6 +11,9 @@ extensions = ["myst_nb", "ablog", "sphinxcontrib.mermaid"]
 exclude_patterns = ["**.ipynb_checkpoints"]
 templates_path = ["_templates"]
 html_static_path = ["_static", "_mermaid"]  # _mermaid: copied from node_modules by the build
+# Copied as they are: account/verify-email/index.html and account/reset-password/index.html, the
+# pages that mailed links open (/account/verify-email#token=...; backend_ref.mail.LINK_PATHS).
+html_extra_path = ["_extra"]
 
 # Notebooks: executed at every build; a failing cell fails the build (and -W makes warnings fail).
 nb_execution_mode = "force"

@@ -39,6 +39,8 @@ GENEROUS_LIMITS = {
     "login_limit_per_address": "10000/minute",
     "login_failures_per_account": "10000/minute",
     "register_limit_per_address": "10000/minute",
+    "register_limit_per_account": "10000/minute",
+    "comment_limit_per_user": "10000/minute",
     "refresh_limit_per_address": "10000/minute",
     "email_limit_per_address": "10000/minute",
     "email_limit_per_account": "10000/minute",
@@ -60,7 +62,8 @@ def make_settings(backend: str, tmp_path, **overrides) -> Settings:
         users_db_url=users,
         content_db_url=content,
         outbox_dir=tmp_path / "outbox",
-        **{**GENEROUS_LIMITS, **overrides},
+        # generate_schemas, fast; tests/test_migrations.py migrates
+        **{"schema_setup": "create", **GENEROUS_LIMITS, **overrides},
     )
 
 

@@ -149,3 +149,23 @@ async def test_articles_are_listed_and_synced_idempotently(client, ctx, article)
     ]
     assert (await client.get("/api/articles/second")).json()["title"] == "Second"
     assert (await client.get("/api/articles/missing")).status_code == 404
+
+
+async def test_comments_are_limited_per_account(app, client, ctx, article):
+    from backend_ref.rate_limits import RateLimiter
+
+    app.state.settings = app.state.settings.model_copy(update={"comment_limit_per_user": "3/day"})
+    app.state.limiter = RateLimiter(app.state.settings)
+    await register(client)
+    await register(client, email="bob@example.com", name="Bob")
+    ann, bob = await login(client), await login(client, email="bob@example.com")
+    statuses = [
+        (await client.post("/api/articles/hello/comments", headers=ann, json={"body": f"{i}"}))
+        for i in range(4)
+    ]
+    assert [r.status_code for r in statuses] == [201, 201, 201, 429]
+    assert int(statuses[-1].headers["retry-after"]) > 0
+    r = await client.post("/api/articles/hello/comments", headers=bob, json={"body": "hi"})
+    assert r.status_code == 201  # another account is not affected
+    with ctx:
+        assert await Comment.filter(article_id=article.id).count() == 4  # nothing half-written

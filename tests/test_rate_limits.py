@@ -36,7 +36,7 @@ async def attempt(client, email, password):
 
 async def test_logins_from_one_address_are_limited_with_retry_after(app, client, limits):
     await register(client)
-    limits(login_limit_per_address="3/minute")
+    limits(login_limit_per_address="3/day")
     statuses = [(await attempt(client, "ann@example.com", PASSWORD)).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     r = await attempt(client, "ann@example.com", PASSWORD)
@@ -47,7 +47,7 @@ async def test_logins_from_one_address_are_limited_with_retry_after(app, client,
 
 async def test_failures_limit_one_address_without_locking_out_the_owner(app, client, limits):
     await register(client)
-    limits(login_failures_per_account="3/minute")
+    limits(login_failures_per_account="3/day")
     async with client_from(app, "127.0.0.6") as attacker, client_from(app, "127.0.0.7") as owner:
         for _ in range(3):
             assert (await attempt(attacker, "ann@example.com", "guess-guess")).status_code == 401
@@ -57,7 +57,7 @@ async def test_failures_limit_one_address_without_locking_out_the_owner(app, cli
 
 async def test_limited_answers_do_not_reveal_whether_the_account_exists(app, client, limits):
     await register(client)
-    limits(login_failures_per_account="2/minute")
+    limits(login_failures_per_account="2/day")
     answers = {}
     for email in ("ann@example.com", "nobody@example.com"):
         for _ in range(2):
@@ -71,7 +71,7 @@ async def test_limited_answers_do_not_reveal_whether_the_account_exists(app, cli
 
 async def test_a_successful_login_clears_the_failures_of_its_address(client, limits):
     await register(client)
-    limits(login_failures_per_account="3/minute")
+    limits(login_failures_per_account="3/day")
     for _ in range(2):
         assert (await attempt(client, "ann@example.com", "guess-guess")).status_code == 401
     assert (await attempt(client, "ann@example.com", PASSWORD)).status_code == 200
@@ -133,7 +133,7 @@ async def test_two_server_processes_share_one_count_through_redis(tmp_path):
 
 async def test_guesses_sent_at_once_cannot_outrun_the_failure_limit(app, client, limits):
     await register(client)
-    limits(login_failures_per_account="5/minute")
+    limits(login_failures_per_account="5/day")
     guesses = [f"wrong-guess-{i}" for i in range(20)] + [PASSWORD]
     answers = await asyncio.gather(*(attempt(client, "ann@example.com", p) for p in guesses))
     statuses = [r.status_code for r in answers]
@@ -185,7 +185,7 @@ async def test_failed_logins_are_counted_once_across_processes(tmp_path):
             env = {
                 "BACKEND_REF_REDIS_URL": REDIS,
                 "BACKEND_REF_REDIS_KEY_PREFIX": prefix,
-                "BACKEND_REF_LOGIN_FAILURES_PER_ACCOUNT": "4/minute",
+                "BACKEND_REF_LOGIN_FAILURES_PER_ACCOUNT": "4/hour",
                 "BACKEND_REF_USERS_DB_URL": f"sqlite://{tmp_path}/{name}-users.sqlite3",
                 "BACKEND_REF_CONTENT_DB_URL": f"sqlite://{tmp_path}/{name}-content.sqlite3",
             }
@@ -205,3 +205,23 @@ async def test_failed_logins_are_counted_once_across_processes(tmp_path):
             blocked = await http.post(f"{servers[0]}/api/auth/token", data=right)
     assert statuses == [401] * 4 + [429] * 2  # 2 + 2 failures, not 4 per process
     assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) > 0
+
+
+async def test_registrations_of_one_email_are_limited_alike_taken_or_not(client, limits):
+    limits(register_limit_per_account="3/hour")
+    body = {"email": "ann@example.com", "display_name": "Ann", "password": PASSWORD}
+    statuses = [(await client.post("/api/auth/register", json=body)).status_code for _ in range(4)]
+    assert statuses == [201, 409, 409, 429]
+    spellings = [
+        "Nobody@Example.com",
+        "nobody@example.com",
+        "NOBODY@example.com",
+        "nobody@EXAMPLE.com",
+    ]
+    statuses = [
+        (await client.post("/api/auth/register", json={**body, "email": email})).status_code
+        for email in spellings
+    ]
+    assert statuses == [201, 409, 409, 429]  # letter case does not make a new email
+    other = {**body, "email": "bob@example.com"}
+    assert (await client.post("/api/auth/register", json=other)).status_code == 201

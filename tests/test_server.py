@@ -103,3 +103,68 @@ async def test_every_response_carries_the_security_headers(server):
             assert r.headers["x-content-type-options"] == "nosniff", path
             assert r.headers["x-frame-options"] == "DENY", path
             assert r.headers["referrer-policy"] == "same-origin", path
+
+
+@pytest.mark.parametrize(
+    "method, path, status, allow",
+    [
+        ("GET", "/api/auth/token", 405, {"POST"}),
+        ("PUT", "/api/auth/token", 405, {"POST"}),
+        ("DELETE", "/api/users/me", 405, None),  # Starlette's Allow names the first route only
+        ("GET", "/api/no-such-route", 404, None),
+        ("POST", "/api", 404, None),
+    ],
+)
+async def test_the_site_at_the_root_leaves_api_errors_to_the_api(
+    tmp_path, method, path, status, allow
+):
+    """A built site is mounted at `/`; it must not answer for `/api` paths that have no route."""
+    from conftest import make_settings
+
+    from backend_ref.app import create_app
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>articles</h1>")
+    app = create_app(make_settings("sqlite", tmp_path, site_dir=site))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/")).text == "<h1>articles</h1>"
+            r = await client.request(method, path)
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] in ("not_found", "method_not_allowed")
+    if allow:
+        assert {m.strip() for m in r.headers["allow"].split(",")} == allow
+
+
+async def test_the_server_logs_account_events_with_time_level_and_logger(server, server_log):
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        body = {"email": "logged@example.com", "display_name": "L", "password": "a long passphrase"}
+        assert (await http.post("/api/auth/register", json=body)).status_code == 201
+        form = {"username": "logged@example.com", "password": "a long passphrase"}
+        assert (await http.post("/api/auth/token", data=form)).status_code == 200
+        form["password"] = "a wrong passphrase"
+        assert (await http.post("/api/auth/token", data=form)).status_code == 401
+    await asyncio.sleep(0.2)  # the server writes its log lines as it goes
+    log = server_log.read_text()
+    lines = [line for line in log.splitlines() if " backend_ref.sessions: " in line]
+    assert any(" INFO backend_ref.sessions: login: user=" in line for line in lines), log
+    assert any(" WARNING backend_ref.sessions: login failed: " in line for line in lines), log
+    assert all(line[:4].isdigit() for line in lines)  # starts with the date and time
+    assert "a long passphrase" not in log and "a wrong passphrase" not in log
+
+
+async def test_personal_responses_are_not_stored_by_caches(server):
+    async with httpx.AsyncClient(base_url=server, timeout=10) as http:
+        body = {"email": "cache@example.com", "display_name": "C", "password": "a long passphrase"}
+        assert (await http.post("/api/auth/register", json=body)).status_code == 201
+        form = {"username": "cache@example.com", "password": "a long passphrase"}
+        token = (await http.post("/api/auth/token", data=form)).json()["access_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        for path in ("/api/users/me", "/api/auth/sessions", "/api/articles"):
+            r = await http.get(path, headers=auth)
+            assert r.status_code == 200 and r.headers["cache-control"] == "no-store", path
+        r = await http.get("/api/users/me", headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401 and r.headers["cache-control"] == "no-store"
+        assert "cache-control" not in (await http.get("/api/articles")).headers  # public

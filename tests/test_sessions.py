@@ -233,7 +233,7 @@ async def test_password_change_bad_input(client, ctx, body, status, field, error
 
 
 async def test_wrong_current_password_counts_as_a_failed_login(backend, tmp_path):
-    settings = make_settings(backend, tmp_path, login_failures_per_account="3/minute")
+    settings = make_settings(backend, tmp_path, login_failures_per_account="3/day")
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         from conftest import empty_tables
@@ -251,6 +251,30 @@ async def test_wrong_current_password_counts_as_a_failed_login(backend, tmp_path
                 for _ in range(4)
             ]
             assert statuses == [400, 400, 400, 429]
+
+
+async def test_failed_logins_and_wrong_current_passwords_share_one_count(backend, tmp_path):
+    settings = make_settings(backend, tmp_path, login_failures_per_account="3/day")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        from conftest import empty_tables
+
+        await empty_tables(app.state.tortoise)
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            await register(client)
+            pair = await token_pair(client)  # a success: the count starts at zero
+            form = {"username": "ann@example.com", "password": "guess-number-n"}
+            body = {"current_password": "guess-number-n", "new_password": "another long passphrase"}
+            statuses = [
+                (await client.post("/api/auth/token", data=form)).status_code,
+                (await client.post("/api/auth/token", data=form)).status_code,
+                (
+                    await client.post("/api/users/me/password", headers=bearer(pair), json=body)
+                ).status_code,
+                (await client.post("/api/auth/token", data=form)).status_code,
+            ]
+            assert statuses == [401, 401, 400, 429]
 
 
 @pytest.mark.parametrize(
@@ -319,6 +343,10 @@ def raw_jwt(header, claims: dict, secret: str) -> str:
     return f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
 
 
+ATTACKER_KEY = "a key the attacker chose, 32+ chars"
+ATTACKER_KEY_B64 = base64.urlsafe_b64encode(ATTACKER_KEY.encode()).rstrip(b"=").decode()
+
+
 def forged_tokens(settings, user_id: int, refresh_token: str) -> dict[str, str]:
     secret = settings.jwt_secret.get_secret_value()
     kid = {"kid": key_id(settings.jwt_secret)}
@@ -337,6 +365,20 @@ def forged_tokens(settings, user_id: int, refresh_token: str) -> dict[str, str]:
         "kid a list": raw_jwt({"alg": "HS256", "kid": [1]}, _claims(user_id), secret),
         "header not an object": raw_jwt([1, 2], _claims(user_id), secret),
         "no kid": sign(_claims(user_id), headers=None),
+        # ASVS 9.1.3: keys named by the token itself are never fetched nor trusted
+        "jwk header": sign(
+            _claims(user_id),
+            key=ATTACKER_KEY,
+            headers={"kid": kid["kid"], "jwk": {"kty": "oct", "k": ATTACKER_KEY_B64}},
+        ),
+        "jku header": sign(
+            _claims(user_id),
+            key=ATTACKER_KEY,
+            headers={"kid": kid["kid"], "jku": "http://127.0.0.1:9/keys.json"},
+        ),
+        "x5u header": sign(
+            _claims(user_id), key=ATTACKER_KEY, headers={"kid": "x", "x5u": "http://127.0.0.1:9/c"}
+        ),
         "expired": create_access_token(user_id, settings, now=now - timedelta(hours=2)),
         "not yet valid": sign(_claims(user_id, nbf=now + timedelta(minutes=2))),
         "no exp": sign(_claims(user_id, exp=None)),

@@ -1,4 +1,5 @@
-// The comments section of an article page: list, register, log in, post, log out.
+// The comments section of an article page: list, register, log in, post, log out, ask for a
+// password reset link or for a new verification link.
 // Plain JavaScript, no dependencies. Safe by construction:
 // - text from the API is only ever written with textContent (never innerHTML), so a comment
 //   that contains <script> or <img onerror=...> is shown as typed;
@@ -132,6 +133,8 @@
   function showError(form, error) {
     const box = form.querySelector('[data-role="error"]');
     box.textContent = error ? describe(error) : "";
+    const resend = form.querySelector('[data-role="resend"]');
+    if (resend) resend.hidden = !(error && error.code === "email_not_verified");
     const invalid = new Set(((error && error.fields) || []).map((f) => f.field));
     for (const input of form.querySelectorAll("input, textarea")) {
       const bad = invalid.has(input.name) || (input.name === "username" && invalid.has("email"));
@@ -218,6 +221,8 @@
       const data = new FormData(form);
       for (const control of controls) control.disabled = true;
       showError(form, null);
+      const status = form.querySelector('[data-role="status"]');
+      if (status) status.textContent = "";
       try {
         await action(data);
         form.reset();
@@ -260,6 +265,50 @@
     total += 1;
     showCount(total);
   });
+
+  // The answer to a request for a mail: 202 and the same sentence for any address.
+  function showStatus(form, text) {
+    form.querySelector('[data-role="status"]').textContent = text;
+  }
+
+  async function askForMail(form, path, email) {
+    showStatus(form, "");
+    const answer = await call(path, { method: "POST", json: { email } });
+    showStatus(form, `${answer.message} Check your inbox.`);
+  }
+
+  // "Send the link again" appears with a 403 email_not_verified, under log in or register.
+  for (const form of [part("login"), part("register")]) {
+    const resend = form.querySelector('[data-role="resend"]');
+    resend.addEventListener("click", async () => {
+      const email = (form.elements.username || form.elements.email).value;
+      resend.disabled = true;
+      try {
+        await askForMail(form, "/auth/request-verification", email);
+        showError(form, null);
+      } catch (error) {
+        showError(form, error);
+      } finally {
+        resend.disabled = false;
+      }
+    });
+  }
+
+  // "Forgot your password?" opens a form that asks for the address to mail a reset link to.
+  part("forgot-open").addEventListener("click", () => {
+    const forgot = part("forgot");
+    const opening = forgot.hidden;
+    forgot.hidden = !opening;
+    part("forgot-open").setAttribute("aria-expanded", String(opening));
+    if (opening) {
+      forgot.elements.email.value ||= part("login").elements.username.value;
+      forgot.elements.email.focus();
+    }
+  });
+
+  onSubmit(part("forgot"), (data) =>
+    askForMail(part("forgot"), "/auth/forgot-password", data.get("email")),
+  );
 
   part("logout").addEventListener("click", logOut);
   part("more").addEventListener("click", loadMore);
