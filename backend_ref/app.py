@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.hasher = PasswordHasher(settings)
-        await app.state.hasher.prepare()
+        dummy_hash = asyncio.ensure_future(app.state.hasher.prepare())  # meanwhile: see above
         app.state.limiter = RateLimiter(settings)
         app.state.mailer = make_mailer(settings)  # outbox or SMTP (06)
         try:
@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await comments.sync_articles(site_articles(settings.site_dir))
                 yield
         finally:
+            dummy_hash.cancel()
             app.state.hasher.close()
 
     app = FastAPI(

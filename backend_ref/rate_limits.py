@@ -67,14 +67,16 @@ class RateLimiter:
         await self.strategy.clear(self.rules[rule], rule, *keys)
 
 # %% ../nbs/05_rate_limits.ipynb #fd2c3210
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     """The client's address as the server sees it (see the proxy note above)."""
     return request.client.host if request.client else "unknown"
 
 
-def get_limiter(request: Request) -> RateLimiter:
+async def get_limiter(request: Request) -> RateLimiter:
     return request.app.state.limiter
 
 
+# Coroutines, although they never wait: FastAPI runs a plain `def` dependency in a worker
+# thread, a hop to another thread and back on every login (seen in `make bench`'s profile).
 LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
 ClientAddress = Annotated[str, Depends(client_address)]
