@@ -79,6 +79,7 @@ bench: $(STAMP)
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; } \
 		|| { echo "bench: wrk is missing; install it (apt-get install wrk)"; exit 1; }
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/enumeration.py $(ENUMERATION_ARGS)
 
 ## Does the time of an answer tell whether an account exists? Login, forgot-password,
 ## request-verification and registration, existing vs missing account, one request at a time.
