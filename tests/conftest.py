@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -75,6 +75,17 @@ async def empty_tables(ctx: TortoiseContext) -> None:
         await RefreshToken.all().delete()
         await AccountToken.all().delete()
         await User.all().delete()
+
+
+@asynccontextmanager
+async def started_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `create_app(settings)`, started through its lifespan, on empty tables."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        await empty_tables(app.state.tortoise)
+        transport = httpx.ASGITransport(app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
 
 
 @pytest.fixture(params=backend_params())

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import jwt
 import pytest
-from conftest import login, make_settings, register
+from conftest import login, make_settings, register, started_app
 
 from backend_ref.app import create_app
 from backend_ref.databases import AccountToken, RefreshToken, User
@@ -234,47 +234,35 @@ async def test_password_change_bad_input(client, ctx, body, status, field, error
 
 async def test_wrong_current_password_counts_as_a_failed_login(backend, tmp_path):
     settings = make_settings(backend, tmp_path, login_failures_per_account="3/day")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        from conftest import empty_tables
-
-        await empty_tables(app.state.tortoise)
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await register(client)
-            pair = await token_pair(client)
-            body = {"current_password": "guess-number-n", "new_password": "another long passphrase"}
-            statuses = [
-                (
-                    await client.post("/api/users/me/password", headers=bearer(pair), json=body)
-                ).status_code
-                for _ in range(4)
-            ]
-            assert statuses == [400, 400, 400, 429]
+    async with started_app(settings) as client:
+        await register(client)
+        pair = await token_pair(client)
+        body = {"current_password": "guess-number-n", "new_password": "another long passphrase"}
+        statuses = [
+            (
+                await client.post("/api/users/me/password", headers=bearer(pair), json=body)
+            ).status_code
+            for _ in range(4)
+        ]
+        assert statuses == [400, 400, 400, 429]
 
 
 async def test_failed_logins_and_wrong_current_passwords_share_one_count(backend, tmp_path):
     settings = make_settings(backend, tmp_path, login_failures_per_account="3/day")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        from conftest import empty_tables
-
-        await empty_tables(app.state.tortoise)
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await register(client)
-            pair = await token_pair(client)  # a success: the count starts at zero
-            form = {"username": "ann@example.com", "password": "guess-number-n"}
-            body = {"current_password": "guess-number-n", "new_password": "another long passphrase"}
-            statuses = [
-                (await client.post("/api/auth/token", data=form)).status_code,
-                (await client.post("/api/auth/token", data=form)).status_code,
-                (
-                    await client.post("/api/users/me/password", headers=bearer(pair), json=body)
-                ).status_code,
-                (await client.post("/api/auth/token", data=form)).status_code,
-            ]
-            assert statuses == [401, 401, 400, 429]
+    async with started_app(settings) as client:
+        await register(client)
+        pair = await token_pair(client)  # a success: the count starts at zero
+        form = {"username": "ann@example.com", "password": "guess-number-n"}
+        body = {"current_password": "guess-number-n", "new_password": "another long passphrase"}
+        statuses = [
+            (await client.post("/api/auth/token", data=form)).status_code,
+            (await client.post("/api/auth/token", data=form)).status_code,
+            (
+                await client.post("/api/users/me/password", headers=bearer(pair), json=body)
+            ).status_code,
+            (await client.post("/api/auth/token", data=form)).status_code,
+        ]
+        assert statuses == [401, 401, 400, 429]
 
 
 @pytest.mark.parametrize(
@@ -454,15 +442,9 @@ async def test_key_rotation_keeps_sessions(backend, tmp_path):
     """A token signed with the previous key is accepted after rotation, refused once dropped."""
     old_key, new_key = "o" * 40, "n" * 40
     before = make_settings(backend, tmp_path, jwt_secret=old_key)
-    app = create_app(before)
-    async with app.router.lifespan_context(app):
-        from conftest import empty_tables
-
-        await empty_tables(app.state.tortoise)
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await register(client)
-            headers = await login(client)
+    async with started_app(before) as client:
+        await register(client)
+        headers = await login(client)
     for secrets_, status in [({"jwt_previous_secrets": [old_key]}, 200), ({}, 401)]:
         after = make_settings(backend, tmp_path, jwt_secret=new_key, **secrets_)
         app = create_app(after)

@@ -6,9 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from conftest import empty_tables, make_settings, register
+from conftest import make_settings, register, started_app
 
-from backend_ref.app import create_app
 from backend_ref.databases import AccountToken, User
 from backend_ref.mail import read_outbox, token_from_link
 from backend_ref.sessions import hash_token
@@ -202,36 +201,28 @@ async def test_request_verification_answers_alike_and_mails_only_the_unverified(
 
 async def test_unverified_login_waits_for_the_link_when_required(backend, tmp_path):
     settings = make_settings(backend, tmp_path, require_verified_email=True)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        await empty_tables(app.state.tortoise)
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await register(client)
-            assert (await log_in(client)).status_code == 403
-            token = last_token(settings, "verify_email")
-            r = await client.post("/api/auth/verify-email", json={"token": token})
-            assert r.status_code == 204
-            assert (await log_in(client)).status_code == 200
+    async with started_app(settings) as client:
+        await register(client)
+        assert (await log_in(client)).status_code == 403
+        token = last_token(settings, "verify_email")
+        r = await client.post("/api/auth/verify-email", json={"token": token})
+        assert r.status_code == 204
+        assert (await log_in(client)).status_code == 200
 
 
 async def test_mail_requests_are_limited_per_inbox_alike_for_unknown_addresses(backend, tmp_path):
     settings = make_settings(backend, tmp_path, email_limit_per_account="2/hour")
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        await empty_tables(app.state.tortoise)
-        transport = httpx.ASGITransport(app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            await register(client)
-            for email in ("ann@example.com", "nobody@example.com"):
-                statuses = [
-                    (await client.post("/api/auth/forgot-password", json={"email": email}))
-                    for _ in range(3)
-                ]
-                assert [r.status_code for r in statuses] == [202, 202, 429]
-                assert int(statuses[-1].headers["retry-after"]) > 0
-            # the owner can still log in: the limit guards the inbox, not the account
-            assert (await log_in(client)).status_code == 200
+    async with started_app(settings) as client:
+        await register(client)
+        for email in ("ann@example.com", "nobody@example.com"):
+            statuses = [
+                (await client.post("/api/auth/forgot-password", json={"email": email}))
+                for _ in range(3)
+            ]
+            assert [r.status_code for r in statuses] == [202, 202, 429]
+            assert int(statuses[-1].headers["retry-after"]) > 0
+        # the owner can still log in: the limit guards the inbox, not the account
+        assert (await log_in(client)).status_code == 200
 
 
 @pytest.mark.parametrize(
