@@ -127,10 +127,19 @@ async def register(client, email="ann@example.com", password="pw-ann-12345", nam
     return r.json()
 
 
-async def login(client, email="ann@example.com", password="pw-ann-12345") -> dict[str, str]:
+async def token_pair(client, email="ann@example.com", password="pw-ann-12345") -> dict:
+    """Log in; the answer's access and refresh tokens."""
     r = await client.post("/api/auth/token", data={"username": email, "password": password})
     assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+    return r.json()
+
+
+def bearer(pair: dict) -> dict[str, str]:
+    return {"Authorization": f"Bearer {pair['access_token']}"}
+
+
+async def login(client, email="ann@example.com", password="pw-ann-12345") -> dict[str, str]:
+    return bearer(await token_pair(client, email, password))
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import CLI, login, make_settings, register
+from conftest import CLI, bearer, login, make_settings, register, token_pair
 
 from backend_ref.app import main
 from backend_ref.config import Settings
@@ -38,16 +38,6 @@ async def make_superuser(client, ctx, email=ADMIN_EMAIL, password=ADMIN_PASSWORD
 
 def auth(headers: dict) -> dict:
     return {"Authorization": headers["Authorization"]}
-
-
-async def token_pair(client, email="ann@example.com", password=PASSWORD) -> dict:
-    r = await client.post("/api/auth/token", data={"username": email, "password": password})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def bearer(pair: dict) -> dict[str, str]:
-    return {"Authorization": f"Bearer {pair['access_token']}"}
 
 
 def admin_routes(user_id: int) -> list[tuple[str, str]]:

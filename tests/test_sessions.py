@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import jwt
 import pytest
-from conftest import login, make_settings, register, started_app
+from conftest import bearer, login, make_settings, register, started_app, token_pair
 
 from backend_ref.app import create_app
 from backend_ref.databases import AccountToken, RefreshToken, User
@@ -20,16 +20,6 @@ from backend_ref.security import create_access_token, key_id
 from backend_ref.sessions import hash_token, purge_spent_tokens
 
 PASSWORD = "pw-ann-12345"
-
-
-async def token_pair(client, email="ann@example.com", password=PASSWORD) -> dict:
-    r = await client.post("/api/auth/token", data={"username": email, "password": password})
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def bearer(pair: dict) -> dict[str, str]:
-    return {"Authorization": f"Bearer {pair['access_token']}"}
 
 
 async def refresh(client, pair: dict) -> httpx.Response:
