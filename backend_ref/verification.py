@@ -11,7 +11,7 @@ import logging
 from datetime import timedelta
 
 from fastapi import APIRouter, BackgroundTasks, Request
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tortoise.transactions import in_transaction
 
 from .config import Settings, SettingsDep
@@ -31,7 +31,7 @@ from backend_ref.mail import (
 )
 from .rate_limits import ClientAddress, LimiterDep
 from .registration import email_key, forget_current_user
-from .schemas import check_password_length, normalize_email, valid_secret_text
+from .schemas import SecretText, check_password_length, normalize_email
 from .security import HasherDep, PasswordPolicy
 from .sessions import end_all_sessions, password_context
 
@@ -51,15 +51,13 @@ class TokenIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    token: SecretStr = Field(min_length=1, max_length=200)
-
-    _text = field_validator("token", mode="before")(valid_secret_text)
+    token: SecretText = Field(min_length=1, max_length=200)
 
 
 class ResetPasswordIn(TokenIn):
     """A reset link's token and the new password."""
 
-    new_password: SecretStr
+    new_password: SecretText
 
     _length = field_validator("new_password", mode="before")(check_password_length)
 
